@@ -1,0 +1,27 @@
+"""Checkpoint I/O: safe loading, atomic saving, the official layouts, inflation and diffusers conversion."""
+
+from models.checkpoints.official import (
+    VARIANTS,
+    CheckpointSizes,
+    LoadedCheckpoint,
+    OfficialCheckpointModel,
+    load_official_checkpoint,
+)
+from models.checkpoints.safe_load import (
+    SUPPORTED_SUFFIXES,
+    UnsafeCheckpointError,
+    load_state_dict,
+    save_state_dict,
+)
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "VARIANTS",
+    "CheckpointSizes",
+    "LoadedCheckpoint",
+    "OfficialCheckpointModel",
+    "UnsafeCheckpointError",
+    "load_official_checkpoint",
+    "load_state_dict",
+    "save_state_dict",
+]

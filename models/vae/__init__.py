@@ -1,0 +1,30 @@
+"""The SD KL-f8 autoencoder and SVD's temporal VAE decoder (RECIPE 4)."""
+
+from .autoencoder import LATENT_SCALE_FACTOR, AutoencoderKL, TemporalAutoencoder, build_autoencoder
+from .blocks import AttnBlock, Downsample, ResnetBlock
+from .decoder import Decoder
+from .diffusers_convert import to_diffusers_temporal_vae_state_dict, to_diffusers_vae_state_dict
+from .distributions import DiagonalGaussianDistribution
+from .encoder import Encoder
+from .spec import AutoencoderSpec, tiny_autoencoder_spec
+from .temporal_decoder import AE3DConv, VideoDecoder, VideoResnetBlock
+
+__all__ = [
+    "AE3DConv",
+    "LATENT_SCALE_FACTOR",
+    "AttnBlock",
+    "AutoencoderKL",
+    "AutoencoderSpec",
+    "DiagonalGaussianDistribution",
+    "Decoder",
+    "Downsample",
+    "Encoder",
+    "ResnetBlock",
+    "TemporalAutoencoder",
+    "VideoDecoder",
+    "VideoResnetBlock",
+    "build_autoencoder",
+    "tiny_autoencoder_spec",
+    "to_diffusers_temporal_vae_state_dict",
+    "to_diffusers_vae_state_dict",
+]
