@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .attention import CrossAttention, FeedForward
+from .attention import CrossAttention, FeedForward, cross_attention_residual
 from .embeddings import timestep_embedding
 from .resblock import ResBlock
 from .spatial import SpatialTransformer
@@ -60,8 +60,8 @@ class AlphaBlender(nn.Module):
         alpha = self.get_alpha(image_only_indicator)
         if alpha.ndim == 2:  # (B, T) -> broadcastable against the host layout
             alpha = alpha.reshape(-1, 1, 1) if layout == "tokens" else alpha[:, None, :, None, None]
-        alpha = alpha.to(x_spatial.dtype)
-        return alpha * x_spatial + (1.0 - alpha) * x_temporal
+        # lerp(t, s, a) = a * s + (1 - a) * t in one fused kernel (forward and backward)
+        return torch.lerp(x_temporal, x_spatial, alpha.to(x_spatial.dtype))
 
 
 class VideoResBlock(ResBlock):
@@ -131,6 +131,7 @@ class VideoTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(inner_dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, *, num_video_frames: int) -> torch.Tensor:
+        """``x`` (B*T, S, C) tokens; ``context`` (B, S_ctx, D), one per video, shared by all its pixels."""
         # (B*T, S, C) -> (B*S, T, C): attention runs over frames
         s = x.shape[1]
         x = x.unflatten(0, (-1, num_video_frames)).transpose(1, 2).flatten(0, 1)
@@ -139,7 +140,8 @@ class VideoTransformerBlock(nn.Module):
             x = x + h if self.is_res else h
         x = x + self.attn1(self.norm1(x))
         if self.attn2 is not None:
-            x = x + self.attn2(self.norm2(x), context)
+            # Every pixel of a video attends to the same context: (B*S, T, C) against (B, S_ctx, D).
+            x = cross_attention_residual(x, self.attn2, self.norm2, context)
         h = self.ff(self.norm3(x))
         x = x + h if self.is_res else h
         return x.unflatten(0, (-1, s)).transpose(1, 2).flatten(0, 1)  # (B*S, T, C) -> (B*T, S, C)
@@ -204,10 +206,8 @@ class SpatialVideoTransformer(SpatialTransformer):
         if self.use_spatial_context and context is not None:
             # The temporal blocks attend to the first frame's context, shared by all pixels.
             time_context = context[::num_video_frames]
-        if time_context is not None:
-            if time_context.ndim == 2:
-                time_context = time_context[:, None]
-            time_context = time_context.repeat_interleave(h * w, dim=0)  # (B, S, D) -> (B*H*W, S, D)
+        if time_context is not None and time_context.ndim == 2:
+            time_context = time_context[:, None]  # (B, D) -> (B, 1, D)
 
         frame_idx = torch.arange(num_video_frames, device=x.device).repeat(bt // num_video_frames)
         t_emb = timestep_embedding(frame_idx, self.in_channels, max_period=self.max_time_embed_period)

@@ -140,3 +140,28 @@ def test_bad_inputs_and_specs_raise_clear_errors():
         UNetSpec(model_channels=48)
     with pytest.raises(ValueError, match="merge_strategy"):
         TemporalSpec(merge_strategy="sum")
+
+
+def test_single_token_cross_attention_shortcut_is_exact_with_zero_gradients():
+    from models.unet.attention import BasicTransformerBlock, cross_attention_residual
+
+    torch.manual_seed(0)
+    block = BasicTransformerBlock(32, heads=2, dim_head=16, context_dim=24)
+    _randomize(block)
+    x = torch.randn(6, 10, 32)
+    context = torch.randn(3, 1, 24)  # one token per group of two rows
+
+    full = x + block.attn2(block.norm2(x), context.repeat_interleave(2, dim=0))
+    fast = cross_attention_residual(x, block.attn2, block.norm2, context)
+    torch.testing.assert_close(fast, full)
+
+    fast.square().sum().backward()
+    skipped = [block.attn2.to_q.weight, block.attn2.to_k.weight, block.norm2.weight, block.norm2.bias]
+    assert all(p.grad is not None and torch.all(p.grad == 0) for p in skipped)  # DDP sees every parameter
+    assert block.attn2.to_v.weight.grad.abs().sum() > 0
+    # Longer contexts take the full attention path.
+    long_context = torch.randn(3, 4, 24)
+    torch.testing.assert_close(
+        cross_attention_residual(x, block.attn2, block.norm2, long_context),
+        x + block.attn2(block.norm2(x), long_context.repeat_interleave(2, dim=0)),
+    )
