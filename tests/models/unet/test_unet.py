@@ -165,3 +165,25 @@ def test_single_token_cross_attention_shortcut_is_exact_with_zero_gradients():
         cross_attention_residual(x, block.attn2, block.norm2, long_context),
         x + block.attn2(block.norm2(x), long_context.repeat_interleave(2, dim=0)),
     )
+
+
+def test_bf16_weights_and_autocast_run():
+    spec = tiny_unet_spec()
+    inp = _inputs(spec)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert VideoUNet(spec)(**inp, num_video_frames=T).dtype == torch.bfloat16
+    unet = VideoUNet(spec).bfloat16()  # GroupNorm statistics still in float32
+    out = unet(**{k: v.bfloat16() for k, v in inp.items()}, num_video_frames=T)
+    out.float().square().mean().backward()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_attention_splits_huge_batches_without_changing_results(monkeypatch):
+    from models.unet import attention
+
+    torch.manual_seed(0)
+    attn = attention.CrossAttention(32, heads=2, dim_head=16)
+    x = torch.randn(10, 5, 32)
+    expected = attn(x)
+    monkeypatch.setattr(attention, "_MAX_ATTENTION_BATCH", 6)  # 3 rows per kernel call
+    torch.testing.assert_close(attn(x), expected)
