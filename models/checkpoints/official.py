@@ -177,14 +177,18 @@ def load_official_checkpoint(
     variant: Variant,
     sizes: CheckpointSizes | None = None,
     device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> LoadedCheckpoint:
     """Load a released checkpoint (a path, or an already-loaded state dict) into our modules.
 
     Zero unexpected keys, zero missing keys except the allowed-absent ones (``ABSENT_OK``), which are left
     at zero and listed in the report. ``.safetensors`` is read directly; pickle formats only with
-    ``weights_only=True`` (see ``safe_load``).
+    ``weights_only=True`` (see ``safe_load``). Weights keep the dtype stored in the file
+    unless ``dtype`` is given, e.g. ``torch.float32`` for training.
     """
     state_dict = source if isinstance(source, Mapping) else load_state_dict(source, device=device)
+    if dtype is not None:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     with torch.device(device), parameters_on_meta():
         model = OfficialCheckpointModel(variant, sizes=sizes)
     absent = check_keys(model, state_dict)
@@ -194,7 +198,8 @@ def load_official_checkpoint(
         owner, _, name = key.rpartition(".")
         module = model.get_submodule(owner)
         old = getattr(module, name)
-        setattr(module, name, nn.Parameter(torch.zeros(old.shape, dtype=old.dtype, device=device), False))
+        zeros = torch.zeros(old.shape, dtype=dtype or old.dtype, device=device)
+        setattr(module, name, nn.Parameter(zeros, requires_grad=False))
     # assign=True keeps the file's requires_grad=False tensors; restore trainability of the trainable parts.
     for name, param in model.named_parameters():
         param.requires_grad_(not name.startswith(("conditioner.", "cond_stage_model.")))

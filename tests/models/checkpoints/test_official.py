@@ -101,6 +101,8 @@ def test_sd21_ldm_ckpt_with_lightning_wrapper_loads(tmp_path):
     torch.save({"state_dict": state, "global_step": 7}, path)
     loaded = load_official_checkpoint(path, variant="sd21", sizes=TINY_SD21)
     assert loaded.report.absent == []
+    half = load_official_checkpoint(path, variant="sd21", sizes=TINY_SD21, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in half.unet.parameters())
     torch.testing.assert_close(loaded.model.alphas_cumprod, state["alphas_cumprod"])
     assert loaded.conditioner.embedders[0] is loaded.model.cond_stage_model
 
