@@ -121,6 +121,7 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
+        # In-place residual adds on fresh Linear outputs (their backward does not need them): no extra buffer.
+        x = self.attn1(self.norm1(x)).add_(x)
         x = cross_attention_residual(x, self.attn2, self.norm2, context)
-        return x + self.ff(self.norm3(x))
+        return self.ff(self.norm3(x)).add_(x)

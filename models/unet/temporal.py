@@ -137,13 +137,13 @@ class VideoTransformerBlock(nn.Module):
         x = x.unflatten(0, (-1, num_video_frames)).transpose(1, 2).flatten(0, 1)
         if self.ff_in is not None:
             h = self.ff_in(self.norm_in(x))
-            x = x + h if self.is_res else h
-        x = x + self.attn1(self.norm1(x))
+            x = h.add_(x) if self.is_res else h
+        x = self.attn1(self.norm1(x)).add_(x)
         if self.attn2 is not None:
             # Every pixel of a video attends to the same context: (B*S, T, C) against (B, S_ctx, D).
             x = cross_attention_residual(x, self.attn2, self.norm2, context)
         h = self.ff(self.norm3(x))
-        x = x + h if self.is_res else h
+        x = h.add_(x) if self.is_res else h
         return x.unflatten(0, (-1, s)).transpose(1, 2).flatten(0, 1)  # (B*S, T, C) -> (B*T, S, C)
 
 
