@@ -1,0 +1,27 @@
+"""Why a sample was skipped. Every skip is counted per reason and reported once, naming shard and key."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+SkipReason = Literal[
+    "corrupt_video",  # decord cannot open or read it (corrupt or truncated mp4, no video stream)
+    "empty_video",  # zero frames or zero-length file
+    "too_few_frames",  # fewer frames than the clip needs and on_short="skip"
+    "missing_media",  # no .mp4 / image member for the key
+    "missing_json",  # no .json member (when metadata is required)
+    "invalid_json",  # .json that does not parse or is not an object
+    "unreadable_image",  # PIL cannot decode it
+    "truncated_shard",  # the tar ends mid-member
+    "missing_shard",  # the shard file or pipe cannot be opened
+    "filtered",  # dropped by a metadata filter (not an error; counted separately)
+]
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; the stream skips it and counts ``reason``."""
+
+    def __init__(self, reason: SkipReason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
