@@ -1,0 +1,73 @@
+"""Pixel transforms shared by the video and image paths: cover-resize the short side, crop, scale to [-1, 1].
+
+One function serves both so that an image sample and a video frame at the same source size come out identical
+(Stage I images and Stage II clips then see the same framing).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CropMode = Literal["random", "center"]
+
+
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    """Validate an ``(H, W)`` target size and return it as a tuple of ints."""
+    if len(size) != 2 or any(int(s) != s or s <= 0 for s in size):
+        raise ValueError(f"size must be (H, W) with two positive ints, e.g. (256, 384); got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def crop_offsets(
+    in_hw: tuple[int, int], out_hw: tuple[int, int], *, crop: CropMode, rng: np.random.Generator | None
+) -> tuple[int, int]:
+    """Top-left corner of an ``out_hw`` window inside ``in_hw`` (centred, or uniform with ``rng``)."""
+    dh, dw = in_hw[0] - out_hw[0], in_hw[1] - out_hw[1]
+    if dh < 0 or dw < 0:
+        raise ValueError(f"cannot crop {out_hw} out of {in_hw}; resize to cover the target first")
+    if crop == "center":
+        return dh // 2, dw // 2
+    if crop == "random":
+        if rng is None:
+            raise ValueError('crop="random" needs rng=np.random.default_rng(seed); pass one or use crop="center"')
+        return int(rng.integers(0, dh + 1)), int(rng.integers(0, dw + 1))
+    raise ValueError(f'crop must be "random" or "center"; got {crop!r}')
+
+
+def resize_and_crop(
+    frames: torch.Tensor,
+    *,
+    size: tuple[int, int],
+    crop: CropMode = "center",
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor:
+    """Resize so the frames cover ``size`` (aspect kept), crop to ``size`` and map to [-1, 1].
+
+    ``frames``: (T, 3, h, w) uint8 (or float in [0, 255]). Returns (T, 3, H, W) float32 in [-1, 1]. All frames of a
+    clip share one crop window, so motion is not distorted.
+    """
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be (T, 3, h, w); got shape {tuple(frames.shape)}")
+    out_h, out_w = check_size(size)
+    in_h, in_w = int(frames.shape[2]), int(frames.shape[3])
+    scale = max(out_h / in_h, out_w / in_w)
+    # ceil so rounding never leaves the resized frame a pixel short of the crop window.
+    new_h, new_w = max(out_h, math.ceil(in_h * scale - 1e-6)), max(out_w, math.ceil(in_w * scale - 1e-6))
+    x = frames if frames.dtype == torch.uint8 else frames.to(torch.float32)
+    if (new_h, new_w) != (in_h, in_w):
+        # uint8 stays uint8: torch's antialiased bilinear has a fast CPU kernel for it (about 10x the float one on
+        # decord's channels-last frames), and rounding to 8 bits costs at most half a level of an 8-bit source.
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    top, left = crop_offsets((new_h, new_w), (out_h, out_w), crop=crop, rng=rng)
+    # One fresh float tensor, filled by a single copy that also converts layout and dtype, then scaled in place:
+    # fresh multi-MB allocations page-fault on first touch, so every extra temporary costs more than its arithmetic.
+    out = torch.empty((x.shape[0], 3, out_h, out_w), dtype=torch.float32)
+    out.copy_(x[:, :, top : top + out_h, left : left + out_w])
+    out.div_(127.5).sub_(1.0)  # exact at the ends for uint8: 255 / 127.5 - 1 == 1.0
+    # Antialiased bilinear on floats can overshoot by rounding; clamp keeps the [-1, 1] contract.
+    return out if frames.dtype == torch.uint8 else out.clamp_(-1.0, 1.0)
