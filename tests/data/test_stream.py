@@ -12,7 +12,8 @@ import pytest
 from torch.utils.data import DataLoader
 
 from data.sources import SourceSpec, assign_shards
-from data.stream import MetadataFilter, ShardStream, StreamConfig, StreamTracker, merge_stream_states
+from data.stream import MetadataFilter, ShardStream, StreamConfig
+from data.stream_state import StreamTracker, merge_stream_states
 from tests.data.stream_fixtures import (
     CountingDecode,
     json_member,
