@@ -1,0 +1,90 @@
+"""From shards to batches: the decode function, the ``ShardStream`` and the ``DataLoader``, built from config.
+
+``DatasetConfig`` gathers the typed pieces (sources, clip spec, caption picker, micro-conditioning, stream
+settings); ``build_stream`` wires ``decode_sample`` into a ``ShardStream``; ``build_dataloader`` adds the
+collate that turns ``Sample`` dicts into a ``Batch`` and passes each sample's ``_stream`` info through, so the
+trainer's ``StreamTracker`` sees positions and skip counters.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from data.batch import Batch, Sample
+from data.captions import CaptionPicker
+from data.micro_cond import MicroCondConfig
+from data.sample_decode import decode_sample
+from data.sources import DataSources, SourceSpec
+from data.stream import ShardStream, StreamConfig
+from data.stream_state import STREAM_KEY
+from data.video_decode import ClipSpec
+
+
+@dataclass
+class DatasetConfig:
+    """Everything that decides which samples a stage sees and how they are decoded."""
+
+    sources: list[SourceSpec]
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    captions: CaptionPicker = field(default_factory=CaptionPicker)
+    micro: MicroCondConfig = field(default_factory=MicroCondConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    # Videos need their json (motion score, captions); img2dataset images may come with only a .txt.
+    require_json: Literal["always", "video", "never"] = "video"
+
+
+def build_stream(
+    config: DatasetConfig, *, epoch: int = 0, rank: int | None = None, world_size: int | None = None
+) -> ShardStream:
+    """The stream of decoded samples for this rank (rank and world size default to torch.distributed / env)."""
+    decode = functools.partial(
+        decode_sample, clip=config.clip, captions=config.captions, micro=config.micro, require_json=config.require_json
+    )
+    return ShardStream(
+        DataSources(config.sources), decode=decode, config=config.stream, epoch=epoch, rank=rank, world_size=world_size
+    )
+
+
+def collate_samples(samples: list[Sample]) -> Batch:
+    """Stack samples into a ``Batch``; every sample of a batch must have the same number of frames."""
+    frames = {s["frames"].shape[0] for s in samples}
+    if len(frames) != 1:
+        raise ValueError(
+            f"a batch mixes clips of {sorted(frames)} frames; keep images and videos in separate sources of "
+            "separate stages, or give ClipSpec.on_short='pad' so every clip has num_frames"
+        )
+    batch = Batch(
+        frames=torch.stack([s["frames"] for s in samples]),
+        image_only_indicator=torch.stack([s["image_only_indicator"] for s in samples]),
+        fps_id=torch.tensor([s["fps_id"] for s in samples], dtype=torch.long),
+        motion_bucket_id=torch.tensor([s["motion_bucket_id"] for s in samples], dtype=torch.long),
+        caption=[s["caption"] for s in samples],
+        key=[s["key"] for s in samples],
+        shard=[s["shard"] for s in samples],
+    )
+    if all(STREAM_KEY in s for s in samples):
+        batch[STREAM_KEY] = [s[STREAM_KEY] for s in samples]  # type: ignore[literal-required]
+    return batch
+
+
+def build_dataloader(
+    stream: ShardStream, *, batch_size: int, num_workers: int, pin_memory: bool = False, prefetch_factor: int = 2
+) -> DataLoader:
+    """An in-order DataLoader over the stream (in-order delivery is what makes the resume position exact)."""
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"need batch_size >= 1 and num_workers >= 0; got {batch_size} and {num_workers}")
+    return DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        in_order=True,
+    )
