@@ -28,8 +28,9 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -m "not slow and not gpu"
 
+# Until the training stages land (issue 4), the demo builds the demo shards the stages will train on.
 demo: $(STAMP)
-	@echo "make demo arrives with the training stages (issue 4); until then see README.md."
+	$(PY) scripts/make_demo_data.py --out outputs/demo_data
 
 bench: $(STAMP)
 	$(PY) scripts/bench_model.py
