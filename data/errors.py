@@ -14,6 +14,7 @@ SkipReason = Literal[
     "unreadable_image",  # PIL cannot decode it
     "truncated_shard",  # the tar ends mid-member
     "missing_shard",  # the shard file or pipe cannot be opened
+    "corrupt_latents",  # a cached KEY.latents.safetensors (data/latent_cache.py) that does not load or is malformed
     "filtered",  # dropped by a metadata filter (not an error; counted separately)
 ]
 

@@ -1,4 +1,4 @@
-"""Decode one Stage I image with PIL into a (3, H, W) frame in [-1, 1], converting every readable mode to RGB.
+"""Decode one Stage I image with PIL into a (3, H, W) uint8 frame, converting every readable mode to RGB.
 
 Valid images are never dropped for their pixel format. Conversions (reported in ``DecodedImage.converted_from`` so
 the stream can count them):
@@ -40,7 +40,7 @@ _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 @dataclass(frozen=True)
 class DecodedImage:
-    frame: torch.Tensor  # (3, H, W) float32 in [-1, 1]
+    frame: torch.Tensor  # (3, H, W) uint8 in [0, 255], like a video frame
     source_mode: str  # PIL mode as decoded, e.g. "RGB", "L", "I;16", "CMYK"
     converted_from: str | None  # None when the file was already RGB; else the mode converted from
 
@@ -99,7 +99,7 @@ def decode_image(
     crop: CropMode = "center",
     rng: np.random.Generator | None = None,
 ) -> DecodedImage:
-    """Decode encoded image bytes (jpg, png, webp, ...) to a (3, H, W) frame in [-1, 1] at ``size`` (H, W).
+    """Decode encoded image bytes (jpg, png, webp, ...) to a (3, H, W) uint8 frame at ``size`` (H, W).
 
     Raises ``BadSample("unreadable_image")`` for bytes PIL cannot identify or decode completely.
     """

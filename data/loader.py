@@ -22,7 +22,7 @@ from data.sample_decode import decode_sample
 from data.sources import DataSources, SourceSpec
 from data.stream import ShardStream, StreamConfig
 from data.stream_state import STREAM_KEY
-from data.video_decode import ClipSpec
+from data.video_decode import ClipSpec, keep_decode_buffers
 
 
 @dataclass
@@ -50,16 +50,24 @@ def build_stream(
     )
 
 
+# Per-sample tensors that collate stacks when the samples carry them: decoded frames, or cached latents
+# (data/latent_cache.py) with the clean conditioning frame and, optionally, its CLIP image embedding.
+STACKED_FIELDS = ("frames", "latent_moments", "cond_frame", "clip_image_embedding")
+
+
 def collate_samples(samples: list[Sample]) -> Batch:
-    """Stack samples into a ``Batch``; every sample of a batch must have the same number of frames."""
-    frames = {s["frames"].shape[0] for s in samples}
-    if len(frames) != 1:
+    """Stack samples into a ``Batch``; every sample of a batch must have the same number of frames.
+
+    ``frames``, ``latent_moments``, ``cond_frame`` and ``clip_image_embedding`` are stacked when present; all
+    samples of a batch must carry the same ones (a batch cannot mix cached and uncached samples).
+    """
+    lengths = {int(s["image_only_indicator"].shape[0]) for s in samples}
+    if len(lengths) != 1:
         raise ValueError(
-            f"a batch mixes clips of {sorted(frames)} frames; keep images and videos in separate sources of "
+            f"a batch mixes clips of {sorted(lengths)} frames; keep images and videos in separate sources of "
             "separate stages, or give ClipSpec.on_short='pad' so every clip has num_frames"
         )
     batch = Batch(
-        frames=torch.stack([s["frames"] for s in samples]),
         image_only_indicator=torch.stack([s["image_only_indicator"] for s in samples]),
         fps_id=torch.tensor([s["fps_id"] for s in samples], dtype=torch.long),
         motion_bucket_id=torch.tensor([s["motion_bucket_id"] for s in samples], dtype=torch.long),
@@ -67,6 +75,21 @@ def collate_samples(samples: list[Sample]) -> Batch:
         key=[s["key"] for s in samples],
         shard=[s["shard"] for s in samples],
     )
+    for name in STACKED_FIELDS:
+        have = sum(name in s for s in samples)
+        if have == 0:
+            continue
+        if have != len(samples):
+            raise ValueError(
+                f"{have} of {len(samples)} samples of a batch carry {name!r}: a batch cannot mix cached-latent and "
+                "decoded samples (or samples with and without a CLIP embedding); give each its own source and stage"
+            )
+        shapes = sorted({tuple(s[name].shape) for s in samples})  # type: ignore[literal-required]
+        if len(shapes) != 1:
+            raise ValueError(f"a batch mixes {name!r} of shapes {shapes}; cache or decode all clips at one size")
+        batch[name] = torch.stack([s[name] for s in samples])  # type: ignore[literal-required]
+    if "frames" not in batch and "latent_moments" not in batch:
+        raise ValueError("samples carry neither 'frames' nor 'latent_moments'; is the decode function a data/ one?")
     if all(STREAM_KEY in s for s in samples):
         batch[STREAM_KEY] = [s[STREAM_KEY] for s in samples]  # type: ignore[literal-required]
     return batch
@@ -87,4 +110,10 @@ def build_dataloader(
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         in_order=True,
+        worker_init_fn=_init_worker,
     )
+
+
+def _init_worker(worker_id: int) -> None:
+    # Reuse the per-clip decode buffers instead of page-faulting fresh ones (see keep_decode_buffers): workers only.
+    keep_decode_buffers()

@@ -3,9 +3,10 @@
 Video samples (video2dataset layout: ``KEY.mp4`` + ``KEY.json`` + ``KEY.txt``) become ``num_frames``-frame clips
 with ``image_only_indicator`` zeros; image samples (img2dataset layout: ``KEY.jpg|png|webp`` + ``KEY.txt`` +
 ``KEY.json``) become 1-frame clips with ``image_only_indicator`` ones and the default ``fps_id`` and
-``motion_bucket_id``. The json is parsed before any media is decoded, so a bad json costs nothing. Problems raise
-``BadSample``; conditions that are not errors but worth counting (a converted image mode, a default motion
-bucket, a missing caption) are added to the optional ``counters``.
+``motion_bucket_id``. Frames are (T, 3, H, W) uint8 either way (the trainer maps them to [-1, 1]). The json is
+parsed before any media is decoded, so a bad json costs nothing. Problems raise ``BadSample``; conditions that are
+not errors but worth counting (a converted image mode, a default motion bucket, a missing caption) are added to the
+optional ``counters``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def decode_sample(
     """
     if require_json not in ("always", "video", "never"):
         raise ValueError(f'require_json must be "always", "video" or "never"; got {require_json!r}')
+    if "latents.safetensors" in sample:  # a cached record (scripts/cache_latents.py; see data/latent_cache.py)
+        from data.latent_cache import decode_cached_sample  # lazy: data.latent_cache imports this module
+
+        return decode_cached_sample(sample, captions=captions, micro=micro, rng=rng, clip=clip, counters=counters)
     key = _as_text(sample.get("__key__", ""))
     shard = _as_text(sample.get("__url__", ""))
     video = _member(sample, VIDEO_EXTENSIONS)

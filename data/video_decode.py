@@ -3,7 +3,8 @@
 A clip is ``num_frames`` frames taken every ``stride`` source frames, where ``stride = round(native_fps /
 target_fps)`` (at least 1, at most ``max_stride``); its ``effective_fps = native_fps / stride`` is what
 ``data/micro_cond.py`` turns into ``fps_id``. The start is uniform (``rng``) or centred; only the chosen indices are
-decoded with one ``get_batch`` call, then the short side is resized to cover the target and the clip cropped.
+decoded with one ``get_batch`` call, then the short side is resized to cover the target and the clip cropped, all in
+uint8 (``data.transforms.to_model_range`` maps to [-1, 1] on the trainer's device).
 
 Failure modes, each mapped to a ``BadSample`` reason so the stream can skip and count it:
 
@@ -33,6 +34,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch.utils.dlpack import from_dlpack
 
 from data.errors import BadSample
 from data.transforms import CropMode, check_size, resize_and_crop
@@ -72,7 +74,7 @@ class ClipSpec:
 
 @dataclass(frozen=True)
 class DecodedClip:
-    frames: torch.Tensor  # (T, 3, H, W) float32 in [-1, 1]; frames[0] is the conditioning frame
+    frames: torch.Tensor  # (T, 3, H, W) uint8 in [0, 255]; frames[0] is the conditioning frame
     native_fps: float
     stride: int
     effective_fps: float  # native_fps / stride: the rate the model is told (fps_id)
@@ -173,13 +175,39 @@ def _quiet_ffmpeg() -> None:
     decord.logging.set_level(decord.logging.QUIET)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+@functools.cache
+def keep_decode_buffers() -> bool:
+    """Make glibc keep freed multi-MB buffers in the heap instead of unmapping them; call once per worker process.
+
+    Every clip allocates and frees the same buffers (decord's frames, the resize's scratch and output, some 20 MB
+    for 14 frames at 320x576). By default glibc serves those with fresh mmaps or trims them from the heap top, so
+    each clip page-faults and zero-fills them again: about 25% of a clip's time here, and more right after anything
+    that frees a lot (measured by ``scripts/bench_data.py --keep-decode-buffers``). With allocations below 32 MB
+    served from the heap and no trimming below 256 MB free, the buffers are reused and resident memory settles at
+    the working set. Process-wide, so it belongs in a DataLoader ``worker_init_fn``, not in library calls. Returns
+    False (and changes nothing) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 * 2**20))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1][:200] if text else ''}"
 
 
 def decode_clip(data: bytes, spec: ClipSpec, *, rng: np.random.Generator | None = None) -> DecodedClip:
-    """Decode ``spec.num_frames`` frames of ``data`` (an encoded video) into a (T, 3, H, W) clip in [-1, 1].
+    """Decode ``spec.num_frames`` frames of ``data`` (an encoded video) into a (T, 3, H, W) uint8 clip.
 
     ``rng`` drives the random start and crop; it is required when either is random. Raises ``BadSample`` with
     ``empty_video``, ``corrupt_video`` or ``too_few_frames`` (see the module docstring).
@@ -213,20 +241,25 @@ def decode_clip(data: bytes, spec: ClipSpec, *, rng: np.random.Generator | None 
         indices, num_padded = clip_indices(num_available, stride=stride, spec=spec, rng=rng)
         unique = sorted(set(indices))
         try:
-            batch = reader.get_batch(unique).asnumpy()  # (U, h, w, 3) uint8, only the frames we use
+            # (U, h, w, 3) uint8, only the frames we use. DLPack hands decord's buffer to torch without the copy
+            # that asnumpy() makes (7.7 MB for 14 frames of 320x576); torch frees it through decord's deleter.
+            batch = from_dlpack(reader.get_batch(unique).to_dlpack())
         except Exception as exc:
             raise BadSample(
                 "corrupt_video", f"cannot decode frames {unique[0]}..{unique[-1]}: {_first_line(exc)}"
             ) from exc
     finally:
         del reader
-    if batch.ndim != 4 or batch.shape[0] != len(unique) or batch.shape[-1] != 3:
-        raise BadSample("corrupt_video", f"decoder returned shape {batch.shape} for {len(unique)} frames")
-    frames = torch.from_numpy(batch).permute(0, 3, 1, 2)  # (U, h, w, 3) -> (U, 3, h, w)
-    if len(unique) != len(indices):
+    if batch.ndim != 4 or batch.shape[0] != len(unique) or batch.shape[-1] != 3 or batch.dtype != torch.uint8:
+        raise BadSample(
+            "corrupt_video", f"decoder returned {batch.dtype} {tuple(batch.shape)} for {len(unique)} frames"
+        )
+    # A channels-last view, no copy: the uint8 resize reads decord's buffer directly.
+    frames = batch.permute(0, 3, 1, 2)  # (U, h, w, 3) -> (U, 3, h, w)
+    frames = resize_and_crop(frames, size=spec.size, crop=spec.crop, rng=rng)  # (U, 3, H, W) uint8
+    if len(unique) != len(indices):  # padding repeats frames: resize each once, then repeat the small ones
         position = {index: i for i, index in enumerate(unique)}
         frames = frames[torch.tensor([position[i] for i in indices])]
-    frames = resize_and_crop(frames, size=spec.size, crop=spec.crop, rng=rng)
     return DecodedClip(
         frames=frames,
         native_fps=native_fps,

@@ -50,11 +50,12 @@ def make_mp4() -> Callable[..., bytes]:
 
 
 def _frame_index(frame: torch.Tensor) -> int:
-    level = (float(frame.mean()) + 1.0) * 127.5
+    assert frame.dtype == torch.uint8, f"decoded frames are uint8 in [0, 255]; got {frame.dtype}"
+    level = float(frame.float().mean())
     return round((level - GREY_BASE) / GREY_STEP)
 
 
 @pytest.fixture(scope="session")
 def frame_index() -> Callable[[torch.Tensor], int]:
-    """Source index of a decoded (3, H, W) frame in [-1, 1] from a ``make_mp4`` video."""
+    """Source index of a decoded (3, H, W) uint8 frame from a ``make_mp4`` video."""
     return _frame_index

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from data.errors import BadSample
 from data.image_decode import decode_image, to_rgb_array
-from data.transforms import resize_and_crop
+from data.transforms import resize_and_crop, to_model_range
 
 SIZE = (24, 32)
 
@@ -23,8 +23,9 @@ def _encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
 
 
 def _rgb(frame: torch.Tensor) -> np.ndarray:
-    """Mean colour of a (3, H, W) frame in [-1, 1], in 0..255."""
-    return ((frame.mean(dim=(1, 2)) + 1.0) * 127.5).numpy()
+    """Mean colour of a (3, H, W) uint8 frame, in 0..255."""
+    assert frame.dtype == torch.uint8
+    return frame.float().mean(dim=(1, 2)).numpy()
 
 
 def _flat(mode: str, colour, size=(40, 30)) -> Image.Image:
@@ -48,8 +49,9 @@ def _flat(mode: str, colour, size=(40, 30)) -> Image.Image:
 )
 def test_modes_decode_to_rgb(image, fmt, converted_from, expected, tol):
     decoded = decode_image(_encode(image, fmt), size=SIZE)
-    assert decoded.frame.shape == (3, *SIZE) and decoded.frame.dtype == torch.float32
-    assert decoded.frame.min() >= -1.0 and decoded.frame.max() <= 1.0
+    assert decoded.frame.shape == (3, *SIZE) and decoded.frame.dtype == torch.uint8
+    model_input = to_model_range(decoded.frame)
+    assert model_input.min() >= -1.0 and model_input.max() <= 1.0
     assert decoded.converted_from == converted_from
     np.testing.assert_allclose(_rgb(decoded.frame), expected, atol=tol)
 
@@ -161,4 +163,4 @@ def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result(monkeypatch
     decoded = decode_image(data, size=(60, 80))
     assert sizes and max(sizes[0]) <= 200  # 800x600 decoded at 1/4 or 1/8 scale
     assert decoded.frame.shape == (3, 60, 80)
-    assert (decoded.frame - expected).abs().mean().item() * 127.5 < 2.0
+    assert (decoded.frame.float() - expected.float()).abs().mean().item() < 2.0  # in 8-bit levels

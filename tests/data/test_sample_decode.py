@@ -38,7 +38,7 @@ def test_video_sample(make_mp4):
     counters: Counter[str] = Counter()
     sample = {"__key__": "000001", "__url__": "shards/000.tar", "mp4": make_mp4(), "json": json.dumps(META).encode()}
     out = _decode(sample, counters=counters)
-    assert out["frames"].shape == (4, 3, 32, 48) and out["frames"].dtype == torch.float32
+    assert out["frames"].shape == (4, 3, 32, 48) and out["frames"].dtype == torch.uint8
     assert torch.equal(out["image_only_indicator"], torch.zeros(4))
     assert out["fps_id"] == 11  # 24 fps at stride 2 -> 12 fps -> fps_id 11
     assert out["motion_bucket_id"] == 64  # 2 px/frame * 32
@@ -69,7 +69,7 @@ def test_image_sample_is_a_one_frame_clip(ext):
     buf = io.BytesIO()
     Image.new("RGB", (50, 40), (10, 200, 30)).save(buf, format={"jpg": "JPEG"}.get(ext, ext.upper()))
     out = _decode({"__key__": "img1", "__url__": "img/000.tar", ext: buf.getvalue(), "txt": b"a green square"})
-    assert out["frames"].shape == (1, 3, 32, 48)
+    assert out["frames"].shape == (1, 3, 32, 48) and out["frames"].dtype == torch.uint8
     assert torch.equal(out["image_only_indicator"], torch.ones(1))
     assert (out["fps_id"], out["motion_bucket_id"]) == (6, 127)
     assert out["caption"] == "a green square"
@@ -80,7 +80,7 @@ def test_image_conversion_is_counted():
     out = _decode({"__key__": "g", "png": _png("L", 90), "json": b'{"caption": "grey"}'}, counters=counters)
     assert out["caption"] == "grey"
     assert counters == Counter({"image_converted_from_L": 1})
-    np.testing.assert_allclose(((out["frames"] + 1) * 127.5).mean().item(), 90, atol=0.5)
+    np.testing.assert_allclose(out["frames"].float().mean().item(), 90, atol=0.5)
 
 
 def test_json_that_is_already_decoded_is_accepted():

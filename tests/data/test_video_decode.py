@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from data.errors import BadSample
+from data.transforms import to_model_range
 from data.video_decode import ClipSpec, bmff_truncation, clip_indices, container_kind, decode_clip, stride_for
 
 SIZE = (32, 48)
@@ -27,8 +28,9 @@ def test_native_fps_centred_clip_decodes_the_middle_frames(make_mp4, frame_index
     assert clip.stride == 1 and clip.native_fps == pytest.approx(24.0) and clip.effective_fps == pytest.approx(24.0)
     assert clip.frame_indices == tuple(range(13, 27))
     assert _indices_seen(clip, frame_index) == list(range(13, 27))
-    assert clip.frames.shape == (14, 3, *SIZE) and clip.frames.dtype == torch.float32
-    assert clip.frames.min() >= -1.0 and clip.frames.max() <= 1.0
+    assert clip.frames.shape == (14, 3, *SIZE) and clip.frames.dtype == torch.uint8 and clip.frames.is_contiguous()
+    model_input = to_model_range(clip.frames)
+    assert model_input.min() >= -1.0 and model_input.max() <= 1.0
 
 
 def test_target_fps_sets_the_stride(make_mp4, frame_index):
@@ -258,3 +260,16 @@ def test_a_fresh_reader_per_sample_is_released(make_mp4, monkeypatch):
         decode_clip(make_mp4(), ClipSpec(num_frames=2, size=SIZE, start="center"))
     gc.collect()
     assert len(refs) == 3 and all(ref() is None for ref in refs)
+
+
+def test_keep_decode_buffers_runs_once_per_process():
+    # Process-wide heap tuning: run it in a child so this test process keeps the default allocator behaviour.
+    import subprocess
+    import sys
+
+    code = (
+        "import platform; from data.video_decode import keep_decode_buffers as k; "
+        "r = k(); assert k() is r; assert r or platform.libc_ver()[0] != 'glibc'; print(r)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() in ("True", "False")
