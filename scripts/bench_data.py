@@ -16,10 +16,11 @@ where pipeline and raw alternate without a full decode in between, as in a DataL
 frames at stride >= 2 from clips of 10 s or more.
 
 Usage: ``python scripts/bench_data.py [--clips 6] [--seconds 10] [--fps 24] [--src 320x576] [--frames 14]
-[--target-fps 8] [--size 256x384] [--reps 3] [--workers 1,2] [--keep-decode-buffers]``. Clips come from the demo
+[--target-fps 8] [--size 256x384] [--reps 3] [--workers 1,2] [--no-keep-decode-buffers]``. Clips come from the demo
 generator (synthetic scenes at a low bitrate, so decoding is cheaper than on real footage and the transforms weigh
-relatively more). ``--keep-decode-buffers`` applies ``data.video_decode.keep_decode_buffers`` (the glibc heap
-tuning a DataLoader ``worker_init_fn`` can apply) in every process before timing.
+relatively more). By default every process first applies ``data.video_decode.keep_decode_buffers`` (the glibc
+heap tuning that ``data.loader.build_dataloader`` applies in its workers), so the pipeline is measured as training
+runs it; raw and full decode run in the same processes. ``--no-keep-decode-buffers`` measures glibc's defaults.
 """
 
 from __future__ import annotations
@@ -152,9 +153,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts; empty to skip")
     parser.add_argument(
-        "--keep-decode-buffers",
-        action="store_true",
-        help="call data.video_decode.keep_decode_buffers() in every process first (glibc heap tuning)",
+        "--no-keep-decode-buffers",
+        dest="keep_decode_buffers",
+        action="store_false",
+        help="skip data.video_decode.keep_decode_buffers() (the loader's worker heap tuning)",
     )
     args = parser.parse_args()
 
