@@ -28,6 +28,7 @@ the stored ``fps_id`` / ``motion_bucket_id``). The caption is still drawn per ep
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -190,15 +191,7 @@ class CacheInput:
 
 def cache_clip_spec(clip: ClipSpec) -> ClipSpec:
     """``clip`` with the centred start and crop a cache uses (the window must not depend on a seed)."""
-    return ClipSpec(
-        num_frames=clip.num_frames,
-        target_fps=clip.target_fps,
-        size=clip.size,
-        start="center",
-        crop="center",
-        on_short=clip.on_short,
-        max_stride=clip.max_stride,
-    )
+    return dataclasses.replace(clip, start="center", crop="center")
 
 
 def decode_for_cache(record: Mapping[str, Any], clip: ClipSpec) -> CacheInput:

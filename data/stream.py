@@ -63,6 +63,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from data.batch import Sample
 from data.errors import BadSample
+from data.micro_cond import lookup
 from data.sources import DataSources, RawRecord, SourceSpec, assign_shards, iter_shard_records
 from data.stream_state import STREAM_KEY, StreamStats
 
@@ -75,7 +76,6 @@ class DecodeFn(Protocol):
     def __call__(self, record: RawRecord, *, rng: np.random.Generator) -> Sample: ...
 
 
-_MISSING = object()
 # Seed-sequence tags so the shard permutation, mixing, shuffle and decode rngs are independent streams.
 _TAG_MIX, _TAG_SHUFFLE, _TAG_DECODE = 1, 2, 3
 
@@ -103,22 +103,13 @@ class MetadataFilter:
 
     def passes(self, meta: Mapping[str, Any]) -> bool:
         value = lookup(meta, self.field)
-        if value is _MISSING or value is None or value == "" or value == [] or value == {}:
+        if value is None or value == "" or value == [] or value == {}:
             return not self.require
         if self.min is None and self.max is None:
             return True
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False  # a bound on a non-number cannot hold
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
-
-
-def lookup(meta: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = meta
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
 
 
 @dataclass

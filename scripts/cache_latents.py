@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.latent_cache import CacheInput, DecodedShard, cached_record_members, pack_latents
+from data.latent_cache import CacheInput, DecodedShard, cache_clip_spec, cached_record_members, pack_latents
 from data.micro_cond import MicroCondConfig
 from data.shard_writer import ShardWriter, is_done, mark_done, output_names
 from data.sources import expand_urls
@@ -194,13 +194,8 @@ def cache_shard(
 ) -> int | None:
     """Cache one shard; returns samples written, or None when the shard could not be read at all."""
     enc = encoders
-    clip_spec = ClipSpec(
-        num_frames=args.num_frames,
-        target_fps=args.target_fps,
-        size=args.size,
-        start="center",
-        crop="center",
-        on_short=args.on_short,
+    clip_spec = cache_clip_spec(
+        ClipSpec(num_frames=args.num_frames, target_fps=args.target_fps, size=args.size, on_short=args.on_short)
     )
     micro = MicroCondConfig()
     pending: list[tuple[dict, CacheInput]] = []
