@@ -47,7 +47,7 @@ from data.captions import CaptionPicker
 from data.errors import BadSample
 from data.image_decode import decode_image
 from data.micro_cond import MicroCondConfig, fps_id_for, motion_bucket_for
-from data.sample_decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, _as_text, _member, parse_json
+from data.sample_decode import _as_text, media_members, parse_json
 from data.sources import iter_shard_records
 from data.video_decode import ClipSpec, decode_clip
 
@@ -201,11 +201,7 @@ def decode_for_cache(record: Mapping[str, Any], clip: ClipSpec) -> CacheInput:
     an empty json object.
     """
     spec = cache_clip_spec(clip)
-    video = _member(record, VIDEO_EXTENSIONS)
-    image = None if video is not None else _member(record, IMAGE_EXTENSIONS)
-    if video is None and image is None:
-        members = sorted(k for k in record if not k.startswith("__"))
-        raise BadSample("missing_media", f"no video or image member; has {members}")
+    video, image = media_members(record)
     raw_json = record.get("json")
     if raw_json is None and video is not None:
         raise BadSample("missing_json", "no .json member (videos need one)")

@@ -38,6 +38,18 @@ def _member(sample: Mapping[str, Any], extensions: tuple[str, ...]) -> tuple[str
     return None
 
 
+def media_members(
+    sample: Mapping[str, Any],
+) -> tuple[tuple[str, Any] | None, tuple[str, Any] | None]:
+    """``(video, image)`` members of a record, one of them None; BadSample("missing_media") if it has neither."""
+    video = _member(sample, VIDEO_EXTENSIONS)
+    image = None if video is not None else _member(sample, IMAGE_EXTENSIONS)
+    if video is None and image is None:
+        members = sorted(k for k in sample if not k.startswith("__"))
+        raise BadSample("missing_media", f"no video ({'/'.join(VIDEO_EXTENSIONS)}) or image member; has {members}")
+    return video, image
+
+
 def _as_text(value: Any) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         # Undecodable bytes in a caption should not cost the sample; replace them visibly.
@@ -81,11 +93,7 @@ def decode_sample(
         return decode_cached_sample(sample, captions=captions, micro=micro, rng=rng, clip=clip, counters=counters)
     key = _as_text(sample.get("__key__", ""))
     shard = _as_text(sample.get("__url__", ""))
-    video = _member(sample, VIDEO_EXTENSIONS)
-    image = None if video is not None else _member(sample, IMAGE_EXTENSIONS)
-    if video is None and image is None:
-        members = sorted(k for k in sample if not k.startswith("__"))
-        raise BadSample("missing_media", f"no video ({'/'.join(VIDEO_EXTENSIONS)}) or image member; has {members}")
+    video, image = media_members(sample)
     raw_json = sample.get("json")
     if raw_json is None and (require_json == "always" or (require_json == "video" and video is not None)):
         raise BadSample("missing_json", f"no .json member (require_json={require_json!r})")
