@@ -28,12 +28,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.activation_checkpointing import apply_activation_checkpointing
 from models.checkpoints.diffusers_unet import (
+    forward_with_diffusers_inputs,
     match_sgm_group_norm_eps,
     to_diffusers_unet_config,
     to_diffusers_unet_state_dict,
 )
 from models.unet import UNetSpec, VideoUNet, svd_unet_spec
-from models.unet.embeddings import timestep_embedding
 
 MEM_METHOD = {
     # Cross-checked against glibc mallinfo2 live bytes sampled after every aten op: agrees within 1%. Process RSS
@@ -109,18 +109,7 @@ def make_inputs(spec: UNetSpec, args: argparse.Namespace, *, device: torch.devic
 
 def ours_forward(unet: VideoUNet, inp: dict) -> torch.Tensor:
     """Same inputs as diffusers gets; the per-frame repeats and the vector embedding count towards our time."""
-    b, t = inp["x"].shape[:2]
-    dim = unet.spec.adm_in_channels // 3
-    ids = inp["added_time_ids"]
-    y = torch.cat([timestep_embedding(ids[:, i], dim) for i in range(3)], dim=-1).to(ids.dtype)
-    out = unet(
-        inp["x"].flatten(0, 1),
-        inp["c_noise"].repeat_interleave(t),
-        inp["context"].repeat_interleave(t, dim=0),
-        y.repeat_interleave(t, dim=0),
-        num_video_frames=t,
-    )
-    return out.unflatten(0, (b, t))
+    return forward_with_diffusers_inputs(unet, inp["x"], inp["c_noise"], inp["context"], inp["added_time_ids"])
 
 
 def ref_forward(unet: nn.Module, inp: dict) -> torch.Tensor:

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..unet.embeddings import timestep_embedding
 from ..unet.spec import UNetSpec
 
 _OFFICIAL_PREFIX = "model.diffusion_model."
@@ -219,3 +220,31 @@ def from_diffusers_unet_state_dict(sd: Mapping[str, torch.Tensor], *, spec: UNet
     _check_expressible(spec)
     inverse = {theirs: ours for ours, theirs in _module_map(spec).items()}
     return _rename(sd, inverse, source="diffusers")
+
+
+def forward_with_diffusers_inputs(
+    unet: nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    added_time_ids: torch.Tensor,
+    *,
+    image_only_indicator: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run our ``VideoUNet`` on the inputs diffusers' UNet takes (see the module docstring for the conventions).
+
+    ``sample`` (B, T, C, H, W), ``timestep`` (B,), ``encoder_hidden_states`` (B, S, D), ``added_time_ids`` (B, 3)
+    -> (B, T, C_out, H, W). The vector ``y`` is built as diffusers builds it from ``added_time_ids``.
+    """
+    b, t = sample.shape[:2]
+    dim = unet.spec.adm_in_channels // 3
+    y = torch.cat([timestep_embedding(added_time_ids[:, i], dim) for i in range(3)], dim=-1).to(added_time_ids.dtype)
+    out = unet(
+        sample.flatten(0, 1),
+        timestep.repeat_interleave(t),
+        encoder_hidden_states.repeat_interleave(t, dim=0),
+        y.repeat_interleave(t, dim=0),
+        num_video_frames=t,
+        image_only_indicator=image_only_indicator,
+    )
+    return out.unflatten(0, (b, t))

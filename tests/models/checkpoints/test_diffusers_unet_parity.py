@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from models.checkpoints.diffusers_unet import (
+    forward_with_diffusers_inputs,
     from_diffusers_unet_state_dict,
     match_sgm_group_norm_eps,
     to_diffusers_unet_config,
     to_diffusers_unet_state_dict,
 )
 from models.unet import TemporalSpec, UNetSpec, VideoUNet, svd_unet_spec
-from models.unet.embeddings import timestep_embedding
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -86,17 +86,9 @@ def _inputs(spec: UNetSpec, *, seed: int = 0, context_len: int = 2) -> dict[str,
 
 
 def _run_ours(unet: VideoUNet, inp: dict[str, torch.Tensor], image_only_indicator=None) -> torch.Tensor:
-    dim = unet.spec.adm_in_channels // 3
-    y = torch.cat([timestep_embedding(inp["added_time_ids"][:, i], dim) for i in range(3)], dim=-1)
-    out = unet(
-        inp["x"].flatten(0, 1),
-        inp["c_noise"].repeat_interleave(T),
-        inp["context"].repeat_interleave(T, dim=0),
-        y.repeat_interleave(T, dim=0),
-        num_video_frames=T,
-        image_only_indicator=image_only_indicator,
+    return forward_with_diffusers_inputs(
+        unet, inp["x"], inp["c_noise"], inp["context"], inp["added_time_ids"], image_only_indicator=image_only_indicator
     )
-    return out.unflatten(0, (B, T))
 
 
 def _run_ref(ref: torch.nn.Module, inp: dict[str, torch.Tensor]) -> torch.Tensor:
