@@ -11,6 +11,7 @@ from models.conditioners.presets import (
     SVD_UC_ZERO_KEYS,
     build_sd21_text_conditioner,
     build_svd_conditioner,
+    build_text_video_conditioner,
     build_tiny_sd21_text_conditioner,
     build_tiny_svd_conditioner,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "build_open_clip",
     "build_sd21_text_conditioner",
     "build_svd_conditioner",
+    "build_text_video_conditioner",
     "build_tiny_sd21_text_conditioner",
     "build_tiny_svd_conditioner",
     "resize_bicubic",

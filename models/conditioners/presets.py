@@ -93,6 +93,32 @@ def build_sd21_text_conditioner(
     return GeneralConditioner([EmbedderSpec(text, input_key, ucg_rate=ucg_rate, ucg_value=ucg_value)])
 
 
+TEXT_VIDEO_INPUT_KEYS = ("txt", "fps_id", "motion_bucket_id")
+
+
+def build_text_video_conditioner(
+    *,
+    arch: str | Mapping[str, Any] = "ViT-H-14",
+    pretrained: str | None = None,
+    ucg_rates: Mapping[str, float] | None = None,
+) -> GeneralConditioner:
+    """Text-to-video (Stages II and III T2V): SD 2.1 text as ``embedders.0`` plus ``fps_id`` and ``motion_bucket_id``
+    sinusoids (vector of 512 = UNet ``adm_in_channels``). The paper conditions the video models on frame rate and
+    motion score (RECIPE 2, App D.2) and drops text 15% of the time; no official layout exists (RECIPE 8).
+    """
+    rates = _check_rates(ucg_rates, TEXT_VIDEO_INPUT_KEYS)
+    text = FrozenOpenCLIPEmbedder(arch, pretrained=pretrained, layer="penultimate")
+    return GeneralConditioner(
+        [
+            EmbedderSpec(text, "txt", ucg_rate=rates.get("txt", 0.0), ucg_value=""),
+            EmbedderSpec(ConcatTimestepEmbedderND(256), "fps_id", ucg_rate=rates.get("fps_id", 0.0)),
+            EmbedderSpec(
+                ConcatTimestepEmbedderND(256), "motion_bucket_id", ucg_rate=rates.get("motion_bucket_id", 0.0)
+            ),
+        ]
+    )
+
+
 def build_tiny_sd21_text_conditioner(*, ucg_rate: float = 0.0, ucg_value: str | None = "") -> GeneralConditioner:
     """The SD 2.1 text layout with a tiny random OpenCLIP text tower for CPU tests."""
     return build_sd21_text_conditioner(arch=tiny_open_clip_config(), ucg_rate=ucg_rate, ucg_value=ucg_value)

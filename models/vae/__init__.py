@@ -8,6 +8,7 @@ from .distributions import DiagonalGaussianDistribution
 from .encoder import Encoder
 from .spec import AutoencoderSpec, tiny_autoencoder_spec
 from .temporal_decoder import AE3DConv, VideoDecoder, VideoResnetBlock
+from .temporal_init import init_temporal_identity_, is_temporal_key, temporal_from_kl
 
 __all__ = [
     "AE3DConv",
@@ -24,6 +25,9 @@ __all__ = [
     "VideoDecoder",
     "VideoResnetBlock",
     "build_autoencoder",
+    "init_temporal_identity_",
+    "is_temporal_key",
+    "temporal_from_kl",
     "tiny_autoencoder_spec",
     "to_diffusers_temporal_vae_state_dict",
     "to_diffusers_vae_state_dict",

@@ -3,7 +3,8 @@
 * ``AutoencoderKL``: Encoder + Decoder + ``quant_conv`` / ``post_quant_conv`` (ldm ``AutoencoderKL``; sgm's
   ``AutoencoderKLModeOnly`` for ``conditioner.embedders.3.encoder``). Keys match SD 2.1 ``first_stage_model``.
 * ``TemporalAutoencoder``: Encoder + ``VideoDecoder`` and NO quant convs (sgm ``AutoencodingEngine`` of
-  svd.yaml). Keys match SVD ``first_stage_model``.
+  svd.yaml). Keys match SVD ``first_stage_model``. ``quant_convs=True`` adds the KL pair, so a temporal decoder
+  can sit on SD 2.1's latent space (``temporal_init.temporal_from_kl``); that layout is ours, not an official one.
 
 Both return a ``DiagonalGaussianDistribution`` from ``encode`` and scale latents by ``scale_factor`` in
 ``encode_latents`` / ``decode_latents`` (sgm ``DiffusionEngine.encode_first_stage`` / ``decode_first_stage``).
@@ -122,7 +123,12 @@ class AutoencoderKL(_LatentAutoencoder):
 
 
 class TemporalAutoencoder(_LatentAutoencoder):
-    """SVD first stage (sgm ``AutoencodingEngine``): ``encoder.*`` + ``decoder.*`` (VideoDecoder), no quant convs."""
+    """SVD first stage (sgm ``AutoencodingEngine``): ``encoder.*`` + ``decoder.*`` (VideoDecoder), no quant convs.
+
+    ``quant_convs=True`` adds ``quant_conv`` / ``post_quant_conv`` as in ``AutoencoderKL`` (moments ->
+    ``quant_conv`` -> posterior; ``z`` -> ``post_quant_conv`` -> decoder), the layout ``temporal_from_kl`` builds
+    to finetune a temporal decoder on SD 2.1's KL latent space. The default keeps SVD's layout and keys exactly.
+    """
 
     def __init__(
         self,
@@ -131,26 +137,34 @@ class TemporalAutoencoder(_LatentAutoencoder):
         video_kernel_size: VideoKernelSize = (3, 1, 1),
         merge_factor: float = 0.0,
         scale_factor: float = LATENT_SCALE_FACTOR,
+        quant_convs: bool = False,
     ) -> None:
         super().__init__(scale_factor=scale_factor)
         spec = spec or AutoencoderSpec()
-        if not spec.double_z or spec.embed_dim != spec.z_channels:
+        if not spec.double_z:
+            raise ValueError("TemporalAutoencoder needs double_z=True (the encoder must output mean and logvar)")
+        if not quant_convs and spec.embed_dim != spec.z_channels:
             raise ValueError(
-                f"TemporalAutoencoder has no quant convs: it needs double_z=True and embed_dim == z_channels "
-                f"(got double_z={spec.double_z}, embed_dim={spec.embed_dim}, z_channels={spec.z_channels})"
+                f"TemporalAutoencoder has no quant convs: it needs embed_dim == z_channels (got "
+                f"embed_dim={spec.embed_dim}, z_channels={spec.z_channels}); set them equal or pass quant_convs=True"
             )
         self.spec = spec
         self.encoder = Encoder(spec)
         self.decoder = VideoDecoder(spec, video_kernel_size=video_kernel_size, merge_factor=merge_factor)
+        self.quant_conv = nn.Conv2d(2 * spec.z_channels, 2 * spec.embed_dim, 1) if quant_convs else None
+        self.post_quant_conv = nn.Conv2d(spec.embed_dim, spec.z_channels, 1) if quant_convs else None
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         """Per-frame posterior. sgm's DiagonalGaussianRegularizer samples it; pick ``sample()`` or ``mode()``."""
-        return DiagonalGaussianDistribution(self.encoder(x))
+        moments = self.encoder(x)
+        return DiagonalGaussianDistribution(moments if self.quant_conv is None else self.quant_conv(moments))
 
     def decode(self, z: torch.Tensor, *, num_frames: int | None = None) -> torch.Tensor:
         """Unscaled latents ``(B*T, C, h, w)`` with ``num_frames=T`` -> frames ``(B*T, 3, H, W)``."""
         if num_frames is None:
             raise ValueError("the temporal decoder needs num_frames (frames per clip, T in (B*T, C, h, w))")
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
         return self.decoder(z, timesteps=num_frames)
 
     def _decode_group(self, num_frames: int | None) -> int:

@@ -1,0 +1,143 @@
+"""Sample a video from a stage export or a released SVD checkpoint; writes ``<out>/<name>.mp4`` and ``.gif``.
+
+Usage:
+  python scripts/sample.py --export runs/svd_stage/export --image cond.png --out samples/
+  python scripts/sample.py --checkpoint svd_xt.safetensors --variant svd_xt --image cond.png --out samples/
+
+Sampling defaults (frames, steps, guidance) follow the variant (RECIPE 3: svd 14 frames, 25 steps, cfg 1.0 -> 2.5;
+svd_xt 25 frames, 30 steps, cfg 1.5 -> 3.0); a stage export samples at its training size and frame count.
+The GIF path is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.checkpoints import CheckpointSizes, load_official_checkpoint
+from models.conditioners import tiny_open_clip_config
+from models.diffusion import Denoiser, VScalingWithEDMcNoise
+from models.latent_diffusion import LatentDiffusion
+from models.unet import tiny_unet_spec
+from models.vae import tiny_autoencoder_spec
+from train.conditioning import fps_to_fps_id
+from train.media import read_image, write_gif, write_mp4
+from train.sampling import PRESETS, SamplingPreset, sample_video
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Source:
+    model: LatentDiffusion
+    denoiser: nn.Module
+    task: str
+    preset: SamplingPreset
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--export", type=Path, help="a stage export folder (train.export)")
+    src.add_argument("--checkpoint", type=Path, help="a released single-file checkpoint")
+    p.add_argument("--variant", choices=sorted(PRESETS), help="layout of --checkpoint")
+    p.add_argument("--image", type=Path, help="conditioning image (i2v)")
+    p.add_argument("--prompt", help="caption (t2i, t2v)")
+    p.add_argument("--num-frames", type=int, help="default: the variant's or the stage's")
+    p.add_argument("--height", type=int, help="default: 576, or the stage's")
+    p.add_argument("--width", type=int, help="default: 1024, or the stage's")
+    p.add_argument("--fps", type=float, default=7.0, help="frame rate of the files; conditions fps_id = fps - 1")
+    p.add_argument("--motion-bucket-id", type=int, default=127)
+    p.add_argument("--cond-aug", type=float, default=0.02)
+    p.add_argument("--steps", type=int, help="default: 25 (svd) or 30 (svd_xt)")
+    p.add_argument("--min-cfg", type=float, help="default: 1.0 (svd) or 1.5 (svd_xt)")
+    p.add_argument("--max-cfg", type=float, help="default: 2.5 (svd) or 3.0 (svd_xt)")
+    p.add_argument("--decode-chunk", type=int, default=14, help="frames decoded at a time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--name", help="file name without suffix; default from the image or prompt and the seed")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-size networks (tests only)
+    args = p.parse_args(argv)
+    if args.checkpoint is not None and args.variant is None:
+        p.error(f"--checkpoint needs --variant (one of {', '.join(sorted(PRESETS))})")
+    if args.export is not None and args.variant is not None:
+        p.error("--variant describes --checkpoint; a stage export knows its own layout, drop --variant")
+    return args
+
+
+def tiny_sizes() -> CheckpointSizes:
+    """The test-size SVD layout: tiny UNet (context 32 = the tiny OpenCLIP width), VAE and OpenCLIP."""
+    unet = dataclasses.replace(tiny_unet_spec(), context_dim=32)
+    return CheckpointSizes(unet=unet, autoencoder=tiny_autoencoder_spec(), clip_arch=tiny_open_clip_config())
+
+
+def load_source(args: argparse.Namespace) -> Source:
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if args.export is not None:
+        from train.export import load_export  # imported here: the export module pulls in the training stack
+
+        export = load_export(args.export, device=device)
+        preset = SamplingPreset(
+            num_frames=export.num_frames, height=export.height, width=export.width, **_cfg(PRESETS["svd"])
+        )
+        model = export.model.to(device=device, dtype=dtype)
+        return Source(model, export.denoiser.to(device), export.task, preset)
+    sizes = tiny_sizes() if args.tiny else None
+    loaded = load_official_checkpoint(args.checkpoint, variant=args.variant, sizes=sizes, device=device, dtype=dtype)
+    model = LatentDiffusion(unet=loaded.unet, first_stage=loaded.first_stage, conditioner=loaded.conditioner)
+    return Source(model.eval(), Denoiser(VScalingWithEDMcNoise()), "i2v", PRESETS[args.variant])
+
+
+def _cfg(preset: SamplingPreset) -> dict[str, Any]:
+    return {"num_steps": preset.num_steps, "min_cfg": preset.min_cfg, "max_cfg": preset.max_cfg}
+
+
+def output_name(args: argparse.Namespace) -> str:
+    if args.name:
+        return args.name
+    base = args.image.stem if args.image is not None else re.sub(r"[^A-Za-z0-9]+", "_", args.prompt or "")[:40]
+    return f"{base.strip('_') or 'sample'}_seed{args.seed}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    source = load_source(args)
+    preset = source.preset
+    frames = sample_video(
+        source.model,
+        source.denoiser,
+        task=source.task,
+        prompt=args.prompt,
+        image=read_image(args.image) if args.image is not None else None,
+        num_frames=args.num_frames or preset.num_frames,
+        height=args.height or preset.height,
+        width=args.width or preset.width,
+        fps_id=fps_to_fps_id(args.fps),
+        motion_bucket_id=args.motion_bucket_id,
+        cond_aug=args.cond_aug,
+        num_steps=args.steps or preset.num_steps,
+        min_cfg=preset.min_cfg if args.min_cfg is None else args.min_cfg,
+        max_cfg=preset.max_cfg if args.max_cfg is None else args.max_cfg,
+        seed=args.seed,
+        device=args.device,
+        decode_chunk=args.decode_chunk,
+        progress=args.progress,
+    )
+    name = output_name(args)
+    print(write_mp4(frames, args.out / f"{name}.mp4", args.fps))
+    print(write_gif(frames, args.out / f"{name}.gif", args.fps))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

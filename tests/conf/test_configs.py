@@ -1,0 +1,109 @@
+"""Every stage and experiment composes, validates and instantiates model, data and trainer (tiny sizes)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from train.builders import build_objective, dataset_config, unet_spec
+from train.config import validate
+from train.run import build_trainer
+
+from .conftest import CONF
+
+STAGES = sorted(p.stem for p in (CONF / "stage").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+GROUPS = ["conditioner", "data", "debug", "experiment", "logger", "model", "paths", "stage", "strategy", "trainer"]
+
+
+def test_config_groups_are_frozen():
+    assert sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "local") == GROUPS
+    assert STAGES == [
+        "autoencoder",
+        "image_pretrain",
+        "img2vid_finetune",
+        "temporal_decoder",
+        "video_finetune",
+        "video_pretrain",
+    ]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_and_experiment_instantiates(compose_cfg, stage, experiment, tmp_path):
+    cfg = compose_cfg(f"stage={stage}", f"experiment={experiment}", f"paths.root={tmp_path}")
+    validate(cfg)
+    assert cfg.stage.name == stage
+    objective = build_objective(cfg)
+    assert any(p.requires_grad for p in objective.export_module().parameters())
+    data = dataset_config(cfg, seed=cfg.seed)
+    assert data.clip.num_frames == cfg.stage.num_frames and data.clip.size == (cfg.stage.height, cfg.stage.width)
+    trainer = build_trainer(cfg, tmp_path)
+    assert trainer.max_steps == cfg.stage.max_steps
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_full_size_stages_compose_with_the_paper_values(compose_cfg, stage):
+    cfg = compose_cfg(f"stage={stage}", "data.sources=[{urls: [x.tar]}]")
+    validate(cfg)
+    if cfg.stage.objective == "diffusion":
+        spec = unet_spec(cfg)
+        assert spec.model_channels == 320 and spec.context_dim == 1024
+        assert spec.is_video == (stage != "image_pretrain")
+    if stage == "img2vid_finetune":
+        assert unet_spec(cfg).in_channels == 8 and unet_spec(cfg).adm_in_channels == 768
+        assert (cfg.stage.sigma.p_mean, cfg.stage.sigma.p_std, cfg.stage.optim.lr) == (1.0, 1.6, 3e-5)
+        assert (cfg.stage.height, cfg.stage.width, cfg.stage.num_frames) == (576, 1024, 14)
+    if stage == "video_pretrain":
+        assert (cfg.stage.height, cfg.stage.width, cfg.stage.max_steps, cfg.stage.optim.lr) == (256, 384, 150000, 1e-4)
+        assert cfg.conditioner.ucg_rates.txt == 0.15
+    if stage == "video_finetune":
+        assert (cfg.stage.sigma.p_mean, cfg.stage.sigma.p_std) == (0.5, 1.4)
+    if stage == "image_pretrain":
+        assert (cfg.stage.sigma.p_mean, cfg.stage.sigma.p_std) == (-1.2, 1.0)
+
+
+def test_a_misspelled_key_fails_at_composition(compose_cfg):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
+        compose_cfg("stage=video_pretrain", "stage.optim.lrr=1")
+    assert "lrr" in str(err.value) or "lrr" in str(err.value.__cause__)
+
+
+def test_a_wrongly_typed_value_fails_at_composition(compose_cfg):
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_cfg("stage=video_pretrain", "stage.max_steps=many")
+
+
+def test_an_unknown_choice_lists_the_valid_options(compose_cfg):
+    with pytest.raises((ConfigCompositionException, MissingConfigException)) as err:
+        compose_cfg("stage=video_pretrian")
+    message = str(err.value)
+    assert "video_pretrain" in message and "image_pretrain" in message
+
+
+def test_the_stage_is_required(compose_cfg):
+    with pytest.raises(ConfigCompositionException, match="stage"):
+        compose_cfg()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("strategy.name=zero9", "strategy.name"),
+        ("model.activation_checkpointing=some", "activation_checkpointing"),
+        ("conditioner.task=v2v", "conditioner.task"),
+        ("model.unet.video=false", "model.unet.video"),
+        ("data.sources=[]", "data.sources"),
+    ],
+)
+def test_string_choices_and_cross_group_rules_are_validated(compose_cfg, override, message):
+    cfg = compose_cfg("stage=video_pretrain", "experiment=demo", override)
+    with pytest.raises(ValueError, match=message):
+        validate(cfg)
+
+
+def test_a_resolution_off_the_latent_grid_is_a_clear_error(compose_cfg):
+    cfg = compose_cfg("stage=video_pretrain", "experiment=demo", "stage.height=66")
+    with pytest.raises(ValueError, match="height=66 is not divisible by the latent grid"):
+        build_objective(cfg)

@@ -1,0 +1,73 @@
+"""Fixtures for end-to-end stage runs: small demo shards and a composer of ``python -m train`` configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from data.demo_data import write_demo_dataset
+from train.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+
+# Tiny runs: 32x32 frames (8x8 latents with the tiny f4 VAE), 4 frames, batch 2, checkpoints every 2 steps.
+TINY_RUN = (
+    "experiment=demo",
+    "stage.height=32",
+    "stage.width=32",
+    "data.batch_size=2",
+    "data.shuffle_buffer=4",
+    "trainer.checkpoint_every_n_steps=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.progress_bar=false",
+    "stage.optim.warmup_steps=2",
+)
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo_data")
+    write_demo_dataset(out, seed=3, num_raw_videos=0, num_clips=6, num_images=12, samples_per_shard=3, size=(64, 48))
+    return out
+
+
+@pytest.fixture
+def stage_overrides(demo_shards, tmp_path):
+    def make(stage: str, *extra: str, frames: int = 4) -> list[str]:
+        video = stage not in ("autoencoder", "image_pretrain")
+        return [
+            f"stage={stage}",
+            *TINY_RUN,
+            f"paths.root={tmp_path / 'runs'}",
+            f"paths.data_root={demo_shards}",
+            *([f"stage.num_frames={frames}"] if video else []),
+            *extra,
+        ]
+
+    return make
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def train_subprocess(overrides: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "train", *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )

@@ -1,0 +1,310 @@
+"""Structured-config schemas of ``python -m train`` (registered in Hydra's ConfigStore).
+
+``TrainConfig`` is the whole run; each field is one config group of ``conf/`` (``stage/ model/ conditioner/
+data/ trainer/ strategy/ logger/ paths/ debug/``; ``experiment/`` holds deltas over all of them). Hydra merges
+the yaml files onto these dataclasses in struct mode, so a misspelled key fails at composition with the valid
+keys, and a default lives in exactly one place: here. Choices that OmegaConf cannot type (``Literal``) are
+checked by ``validate`` with the valid options in the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+OBJECTIVES = ("diffusion", "autoencoder", "temporal_decoder")
+MEDIA = ("images", "clips")
+TASKS = ("t2i", "t2v", "i2v")
+STRATEGIES = ("auto", "ddp", "deepspeed_zero2", "deepspeed_zero3")
+CHECKPOINTING = ("none", "all", "input", "middle", "output")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class PathsConfig:
+    """Run layout: ``<root>/<run_name>/<stage.name>/`` holds checkpoints/, export/, samples/, logs/."""
+
+    root: str = "outputs/runs"
+    run_name: str = "default"
+    data_root: str = "outputs/demo_data"
+
+
+@dataclass
+class UNetConfig:
+    """``models.unet.UNetSpec`` fields (official names). in_channels and adm_in_channels follow the task."""
+
+    model_channels: int = 320
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    num_res_blocks: int = 2
+    attention_resolutions: list[int] = field(default_factory=lambda: [4, 2, 1])
+    num_head_channels: int = 64
+    transformer_depth: int = 1
+    context_dim: int = 1024
+    use_linear_in_transformer: bool = True
+    dropout: float = 0.0
+    # Temporal layers (Stage II on); the TemporalSpec fields of svd.yaml.
+    video: bool = False
+    merge_strategy: str = "learned_with_images"
+    merge_factor: float = 0.5
+
+
+@dataclass
+class AutoencoderConfig:
+    """``models.vae.AutoencoderSpec`` fields; ``temporal_decoder`` selects SVD's video decoder for the first stage."""
+
+    ch: int = 128
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    num_res_blocks: int = 2
+    embed_dim: int = 4
+    z_channels: int = 4
+    attn_resolutions: list[int] = field(default_factory=list)
+    temporal_decoder: bool = False
+
+
+@dataclass
+class ClipConfig:
+    """OpenCLIP tower: ``arch`` is an open_clip model name (ViT-H-14) or ``tiny`` (random, for tests and the demo)."""
+
+    arch: str = "ViT-H-14"
+    pretrained: str | None = None  # an open_clip tag or a local weights file; None leaves the tower random
+
+
+@dataclass
+class ModelConfig:
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    activation_checkpointing: str = "none"  # none | all | input | middle | output (UNet blocks)
+    compile: bool = False  # torch.compile the UNet
+
+
+@dataclass
+class ConditionerConfig:
+    """The task fixes the conditioner (train/conditioning.py): t2i text, t2v text + fps + motion, i2v SVD."""
+
+    task: str = "t2i"
+    ucg_rates: dict[str, float] = field(default_factory=dict)  # input key -> CFG dropout probability
+    clip_resize: str = "kornia"
+
+
+@dataclass
+class SigmaConfig:
+    """Training noise levels: log sigma ~ N(p_mean, p_std^2) (RECIPE 5 per stage)."""
+
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+
+@dataclass
+class CondAugSchema:
+    """I2V conditioning-frame noise: log sigma_aug ~ N(p_mean, p_std^2) (SVD App D.4)."""
+
+    p_mean: float = -3.0
+    p_std: float = 0.5
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (RECIPE 5; weight decay, betas and warm-up are unreported, these are our defaults)."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 0
+
+
+@dataclass
+class EMASchema:
+    enabled: bool = True
+    decay: float = 0.9999
+    warmup: bool = True  # decay_n = min(decay, (1 + n) / (10 + n))
+
+
+@dataclass
+class InitConfig:
+    """Where the stage's weights come from; see train/init_weights.py for what a mismatch may be."""
+
+    from_stage: str | None = None  # the export of a previous stage of this run
+    path: str | None = None  # any checkpoint: a stage export, an official SD 2.1 / SVD file
+    first_stage_from_stage: str | None = None  # the VAE from another stage's export (e.g. autoencoder)
+    first_stage_path: str | None = None
+    keep: list[str] = field(default_factory=list)  # components that keep their built weights: unet, first_stage, ...
+
+
+@dataclass
+class AutoencoderLossSchema:
+    recon: str = "l1"
+    kl_weight: float = 1e-6
+    perceptual_weight: float = 0.0
+    perceptual_weights: str | None = None  # a local torchvision vgg16 state dict
+    train_decoder: str = "all"  # temporal decoder stage: "temporal" layers only or "all" of the decoder
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING
+    objective: str = "diffusion"
+    media: str = "images"  # what the stage trains on: "images" or "clips" (video); names the demo shard folder
+    num_frames: int = 1
+    height: int = 256
+    width: int = 256
+    max_steps: int = 1000
+    sigma: SigmaConfig = field(default_factory=SigmaConfig)
+    cond_aug: CondAugSchema = field(default_factory=CondAugSchema)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMASchema = field(default_factory=EMASchema)
+    init: InitConfig = field(default_factory=InitConfig)
+    # fnmatch patterns over the parameter names of the stage's export module; Stage I' step 1 trains
+    # only the time embedding: ["model.diffusion_model.time_embed.*"].
+    trainable: list[str] = field(default_factory=lambda: ["*"])
+    autoencoder_loss: AutoencoderLossSchema = field(default_factory=AutoencoderLossSchema)
+
+
+@dataclass
+class SourceSchema:
+    urls: list[str] = MISSING
+    weight: float = 1.0
+    name: str = ""
+
+
+@dataclass
+class FilterSchema:
+    field: str = MISSING
+    min: float | None = None
+    max: float | None = None
+    require: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Shards and decoding (data/); frames and size come from the stage."""
+
+    sources: list[SourceSchema] = field(default_factory=list)
+    batch_size: int = 1
+    num_workers: int = 4
+    target_fps: float | None = None
+    max_stride: int | None = None
+    start: str = "random"
+    crop: str = "center"
+    on_short: str = "skip"
+    shuffle_buffer: int = 100
+    filters: list[FilterSchema] = field(default_factory=list)
+    caption_probabilities: dict[str, float] = field(default_factory=lambda: {"coca": 0.5, "vblip": 0.25, "llm": 0.25})
+    caption_fallback_fields: list[str] = field(default_factory=lambda: ["caption"])
+    motion_scale: float = 32.0
+    motion_kind: str = "linear"
+    require_json: str = "video"
+    pin_memory: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    gradient_clip_val: float | None = 1.0
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 1000
+    keep_checkpoints: int = 2
+    max_consecutive_nonfinite: int = 5  # non-finite losses in a row before the run stops (with a checkpoint)
+    progress_bar: bool = True
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "auto"
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    timeout_s: int = 1800
+
+
+@dataclass
+class SamplesConfig:
+    """Sample videos logged during training (0 disables)."""
+
+    every_n_steps: int = 0
+    prompts: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    num_steps: int = 25
+    min_cfg: float = 1.0
+    max_cfg: float = 2.5
+    fps_id: int = 6
+    motion_bucket_id: int = 127
+    seed: int = 0
+    fps: int = 7
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = True
+    wandb_mode: str = "offline"
+    project: str = "svd-train"
+    entity: str | None = None
+    csv: bool = True
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection for the tests: the loss of these batch indices is replaced by NaN."""
+
+    nonfinite_loss_at: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    stage: StageConfig = field(default_factory=StageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    seed: int = 0
+    resume: str = "auto"  # auto: newest complete checkpoint of the stage; never; or a checkpoint path
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore (called by the entry point and the config tests)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+
+
+def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
+    if value not in valid:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")
+
+
+def validate(cfg: Any) -> None:
+    """The checks OmegaConf cannot express: string choices and cross-group consistency."""
+    _choice(cfg.stage.objective, OBJECTIVES, "stage.objective")
+    _choice(cfg.stage.media, MEDIA, "stage.media")
+    _choice(cfg.conditioner.task, TASKS, "conditioner.task")
+    _choice(cfg.strategy.name, STRATEGIES, "strategy.name")
+    _choice(cfg.model.activation_checkpointing, CHECKPOINTING, "model.activation_checkpointing")
+    _choice(cfg.logger.wandb_mode, WANDB_MODES, "logger.wandb_mode")
+    if cfg.stage.objective == "diffusion":
+        video = cfg.conditioner.task in ("t2v", "i2v")
+        if video != bool(cfg.model.unet.video):
+            raise ValueError(
+                f"conditioner.task={cfg.conditioner.task} needs model.unet.video={video}; the stage config sets "
+                "both (Stage I: t2i and an image UNet; Stages II/III: t2v or i2v and a video UNet)"
+            )
+        if not video and cfg.stage.num_frames != 1:
+            raise ValueError(f"an image stage trains 1-frame samples; got stage.num_frames={cfg.stage.num_frames}")
+    if cfg.stage.max_steps < 1:
+        raise ValueError(f"stage.max_steps={cfg.stage.max_steps} must be >= 1")
+    if cfg.stage.init.from_stage and cfg.stage.init.path:
+        raise ValueError("set only one of stage.init.from_stage and stage.init.path")
+    if not cfg.data.sources:
+        raise ValueError(
+            "data.sources is empty: give the shards, e.g. data.sources='[{urls: [shards/{000000..000099}.tar]}]' "
+            "or use experiment=demo"
+        )

@@ -1,0 +1,269 @@
+"""The one training loop of every stage: a LightningModule around a built ``Objective``.
+
+Manual optimization, so that a non-finite loss or gradient skips the step everywhere (all ranks agree) instead of
+corrupting the weights, and so that DeepSpeed and DDP share one code path. Per step: the objective's loss, NaN/inf
+check, backward, gradient clipping (by DeepSpeed itself under its strategies), AdamW, linear warm-up, EMA update,
+logging. The randomness of a step comes from a generator seeded by (seed, rank, batches seen), so a resumed run
+draws exactly what the uninterrupted run drew; ``batches_seen`` travels in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from data.stream_state import STREAM_KEY
+from train.ema import EMA
+from train.objective import Objective
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    seed: int = 0
+    gradient_clip_val: float | None = 1.0
+    clip_in_strategy: bool = False  # DeepSpeed clips inside its engine (its config carries the value)
+    max_consecutive_nonfinite: int = 5
+    ema_decay: float | None = 0.9999  # None disables the EMA
+    ema_warmup: bool = True
+    trainable: tuple[str, ...] = ("*",)
+    nonfinite_loss_at: tuple[int, ...] = ()  # fault injection (debug.nonfinite_loss_at)
+    metrics_file: str | None = None  # per-step jsonl, flushed every step (rank 0)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def select_trainable(module: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Freeze every parameter whose name matches none of ``patterns`` (fnmatch); return the trainable names."""
+    names = []
+    for name, param in module.named_parameters():
+        keep = param.requires_grad and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        param.requires_grad_(keep)
+        if keep:
+            names.append(name)
+    if not names:
+        raise ValueError(f"stage.trainable={list(patterns)} matches no trainable parameter of the stage's model")
+    return names
+
+
+def step_seed(seed: int, rank: int, index: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{rank}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class StageModule(pl.LightningModule):
+    def __init__(self, objective: Objective, *, optim: OptimSettings, loop: LoopSettings, stage_dir: Path) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.objective = objective
+        self.optim_settings = optim
+        self.loop = loop
+        self.stage_dir = Path(stage_dir)
+        select_trainable(objective.export_module(), loop.trainable)
+        self.ema = None
+        if loop.ema_decay is not None:
+            self.ema = EMA(objective.named_trainable_parameters(), decay=loop.ema_decay, warmup=loop.ema_warmup)
+        self.batches_seen = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self.stop_reason: str | None = None
+        self._last_time: float | None = None
+
+    # ----- weights -------------------------------------------------------------------------------------------
+    def trainable(self) -> list[tuple[str, nn.Parameter]]:
+        return list(self.objective.named_trainable_parameters())
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """The EMA weights swapped into the model (a no-op without EMA)."""
+        if self.ema is None:
+            yield
+            return
+        with self.ema.swapped_into(self.trainable()):
+            yield
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The export: the objective's export module with the EMA weights, on CPU."""
+        with self.ema_weights():
+            return {k: v.detach().cpu().clone() for k, v in self.objective.export_module().state_dict().items()}
+
+    # ----- optimization --------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim_settings
+        params = [p for _, p in self.trainable()]
+        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+        warmup = max(o.warmup_steps, 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _LinearWarmup(warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _generator(self) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(step_seed(self.loop.seed, self.global_rank, self.batches_seen))
+        return g
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        flag = torch.isfinite(value.detach()).all().float().reshape(1)
+        if self.trainer.world_size > 1:
+            flag = self.trainer.strategy.reduce(flag, reduce_op="min")
+        return bool(flag.item() > 0)
+
+    def _grad_norm(self) -> torch.Tensor:
+        params = [p for _, p in self.trainable() if p.grad is not None]
+        if self.loop.clip_in_strategy:
+            engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
+            norm = engine.get_global_grad_norm() if engine is not None else None
+            return torch.tensor(float("nan") if norm is None else float(norm), device=self.device)
+        max_norm = self.loop.gradient_clip_val if self.loop.gradient_clip_val else math.inf
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        stream_info = batch.pop(STREAM_KEY, None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stream_info is not None and datamodule is not None and hasattr(datamodule, "tracker"):
+            datamodule.tracker.update(stream_info)
+        index = self.batches_seen
+        loss, metrics = self.objective(batch, generator=self._generator())
+        self.batches_seen += 1
+        if index in self.loop.nonfinite_loss_at:
+            loss = loss * float("nan")
+        opt = self.optimizers()
+        skipped = not self._all_finite(loss)
+        grad_norm = torch.tensor(float("nan"))
+        if not skipped:
+            self.manual_backward(loss)
+            grad_norm = self._grad_norm()
+            skipped = not self._all_finite(grad_norm) and not self.loop.clip_in_strategy
+        if skipped:
+            opt.zero_grad(set_to_none=True)
+            self._on_nonfinite(loss, index)
+        else:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            self.lr_schedulers().step()
+            if self.ema is not None:
+                self.ema.update(self.trainable())
+            self.nonfinite_in_a_row = 0
+        self._log_step(loss.detach(), grad_norm, metrics, batch, skipped=skipped)
+        return loss.detach()
+
+    def _on_nonfinite(self, loss: torch.Tensor, index: int) -> None:
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        log.warning(
+            "non-finite loss or gradient (loss %s) at batch %d, step %d: step skipped (%d in a row)",
+            loss.item(),
+            index,
+            self.global_step,
+            self.nonfinite_in_a_row,
+        )
+        if self.nonfinite_in_a_row >= self.loop.max_consecutive_nonfinite:
+            path = self.stage_dir / "checkpoints" / f"nonfinite_step_{self.global_step:09d}.ckpt"
+            self.trainer.save_checkpoint(path, weights_only=False)
+            self.stop_reason = (
+                f"{self.nonfinite_in_a_row} non-finite losses in a row (trainer.max_consecutive_nonfinite="
+                f"{self.loop.max_consecutive_nonfinite}) at step {self.global_step}; stopped. The weights before "
+                f"these batches are saved in {path}. Lower stage.optim.lr, check the data, or resume with "
+                "resume=<that path> after fixing the cause."
+            )
+            self.trainer.should_stop = True
+
+    # ----- logging -------------------------------------------------------------------------------------------
+    def _log_step(
+        self,
+        loss: torch.Tensor,
+        grad_norm: torch.Tensor,
+        metrics: dict[str, torch.Tensor],
+        batch: Any,
+        *,
+        skipped: bool,
+    ) -> None:
+        now = time.perf_counter()
+        batch_size = int(batch["image_only_indicator"].shape[0]) * self.trainer.world_size
+        rate = batch_size / (now - self._last_time) if self._last_time is not None else float("nan")
+        self._last_time = now
+        values = {
+            "train/loss": loss.float(),
+            "train/lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
+            "train/grad_norm": grad_norm.detach().float().cpu(),
+            "train/samples_per_s": torch.tensor(rate),
+            "train/nonfinite_skipped": torch.tensor(float(self.nonfinite_total)),
+            **{f"train/{k}": v.detach().float() for k, v in metrics.items()},
+        }
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "tracker"):
+            for reason, count in datamodule.tracker.stats().nonzero_skips().items():
+                values[f"data/skipped_{reason}"] = torch.tensor(float(count))
+        self.log_dict(values, on_step=True, prog_bar=False, batch_size=batch_size, sync_dist=False)
+        self.log("loss", loss.float(), prog_bar=True, logger=False, batch_size=batch_size)
+        if self.loop.metrics_file and self.global_rank == 0:
+            row = {"batch": self.batches_seen - 1, "step": self.global_step, "skipped": skipped}
+            row.update({k: float(v) for k, v in values.items() if k != "train/samples_per_s"})
+            with open(self.loop.metrics_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # ----- checkpoint state ----------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["stage_loop"] = {
+            "batches_seen": self.batches_seen,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "nonfinite_total": self.nonfinite_total,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("stage_loop", {})
+        self.batches_seen = int(state.get("batches_seen", 0))
+        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        if self.loop.metrics_file and self.global_rank == 0:
+            truncate_metrics(Path(self.loop.metrics_file), keep_batches=self.batches_seen)
+
+
+class _LinearWarmup:
+    """lr factor min(1, (step + 1) / warmup); a picklable callable so the scheduler state round-trips."""
+
+    def __init__(self, warmup_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        return 1.0 if self.warmup_steps <= 0 else min(1.0, (step + 1) / self.warmup_steps)
+
+
+def truncate_metrics(path: Path, *, keep_batches: int) -> None:
+    """Drop the metric rows of batches after a resumed checkpoint (they are trained again)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if json.loads(r)["batch"] < keep_batches]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(r + "\n" for r in kept))
+    tmp.replace(path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

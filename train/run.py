@@ -1,0 +1,225 @@
+"""One stage from a composed config: build, initialise (or resume), fit, export."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from train.builders import build_objective, dataset_config
+from train.checkpointing import AtomicCheckpointIO, PeriodicCheckpoint, resolve_resume
+from train.config import validate
+from train.datamodule import StreamDataModule
+from train.export import export_dir, resolve_weights_file, stage_dir, write_export
+from train.module import LoopSettings, OptimSettings, StageModule
+
+log = logging.getLogger(__name__)
+
+
+def init_source(cfg: Any, *, from_stage: str | None, path: str | None, what: str) -> Path | None:
+    """The weights file an init names; a missing one is an error naming the stage that should have written it."""
+    if from_stage:
+        folder = stage_dir(cfg.paths, from_stage) / "export"
+        weights = resolve_weights_file(folder)
+        if not weights.exists():
+            raise ValueError(
+                f"{what}: {weights} does not exist. Stage '{from_stage}' writes it when it finishes; run "
+                f"`python -m train stage={from_stage} paths.run_name={cfg.paths.run_name} ...` first, or point "
+                f"{what.replace('from_stage', 'path')} at a checkpoint file"
+            )
+        return weights
+    if path:
+        weights = resolve_weights_file(path)
+        if not weights.exists():
+            raise ValueError(f"{what.replace('from_stage', 'path')}={path}: no such checkpoint file or export folder")
+        return weights
+    return None
+
+
+def initialise(cfg: Any, objective: Any) -> None:
+    init = cfg.stage.init
+    source = init_source(cfg, from_stage=init.from_stage, path=init.path, what="stage.init.from_stage")
+    first_stage = init_source(
+        cfg,
+        from_stage=init.first_stage_from_stage,
+        path=init.first_stage_path,
+        what="stage.init.first_stage_from_stage",
+    )
+    if source is None and first_stage is None:
+        if init.keep:
+            log.info("no init weights: the model starts as built (stage.init.keep=%s)", list(init.keep))
+            return
+        raise ValueError(
+            "the stage has no init weights: set stage.init.from_stage, stage.init.path, or stage.init.keep=[unet, "
+            "first_stage, conditioner] to train from the built (random or pretrained-tower) weights"
+        )
+    if cfg.stage.objective == "temporal_decoder":
+        from models.checkpoints import load_state_dict
+        from train.builders import init_temporal_decoder
+
+        init_temporal_decoder(objective, load_state_dict(first_stage or source))
+        print(f"[init] temporal decoder from the KL autoencoder in {first_stage or source}", flush=True)
+        return
+    from train.init_weights import load_init_weights
+
+    load_init_weights(
+        objective.export_module(),
+        source if source is not None else {},
+        keep=list(init.keep),
+        first_stage_source=str(first_stage) if first_stage is not None else None,
+    )
+
+
+def build_loggers(cfg: Any, folder: Path) -> list[Any]:
+    loggers: list[Any] = []
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if cfg.logger.csv:
+        loggers.append(pl.loggers.CSVLogger(save_dir=str(logs), name="csv", version=""))
+    if cfg.logger.wandb and cfg.logger.wandb_mode != "disabled":
+        loggers.append(
+            pl.loggers.WandbLogger(
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                name=f"{cfg.paths.run_name}/{cfg.stage.name}",
+                save_dir=str(logs),
+                offline=cfg.logger.wandb_mode == "offline",
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
+    return loggers
+
+
+def build_callbacks(cfg: Any, folder: Path) -> list[pl.Callback]:
+    callbacks: list[pl.Callback] = [
+        PeriodicCheckpoint(
+            folder / "checkpoints",
+            every_n_steps=cfg.trainer.checkpoint_every_n_steps,
+            keep=cfg.trainer.keep_checkpoints,
+        )
+    ]
+    s = cfg.logger.samples
+    if s.every_n_steps > 0 and cfg.stage.objective == "diffusion":
+        from train.callbacks.sample_videos import SampleVideos
+
+        callbacks.append(
+            SampleVideos(
+                every_n_steps=s.every_n_steps,
+                prompts=list(s.prompts),
+                images=list(s.images),
+                num_steps=s.num_steps,
+                min_cfg=s.min_cfg,
+                max_cfg=s.max_cfg,
+                fps_id=s.fps_id,
+                motion_bucket_id=s.motion_bucket_id,
+                seed=s.seed,
+                fps=s.fps,
+            )
+        )
+    return callbacks
+
+
+def build_trainer(cfg: Any, folder: Path) -> pl.Trainer:
+    from train.strategies import build_strategy
+
+    t = cfg.trainer
+    strategy = build_strategy(
+        cfg.strategy.name,
+        accelerator=t.accelerator,
+        gradient_clip_val=t.gradient_clip_val,
+        precision=t.precision,
+        offload_optimizer=cfg.strategy.offload_optimizer,
+        offload_params=cfg.strategy.offload_params,
+        timeout_s=cfg.strategy.timeout_s,
+    )
+    plugins = [] if cfg.strategy.name.startswith("deepspeed") else [AtomicCheckpointIO()]
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        strategy=strategy,
+        plugins=plugins,
+        max_steps=cfg.stage.max_steps,
+        max_epochs=-1,
+        logger=build_loggers(cfg, folder) or False,
+        callbacks=build_callbacks(cfg, folder),
+        enable_checkpointing=False,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=str(folder),
+        num_sanity_val_steps=0,
+    )
+
+
+def run(cfg: DictConfig) -> int:
+    """Train one stage; returns the process exit code."""
+    validate(cfg)
+    folder = stage_dir(cfg.paths, cfg.stage.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    torch.manual_seed(cfg.seed)  # built weights (random towers in tiny configs) are a function of the seed
+    objective = build_objective(cfg)
+    resume = resolve_resume(cfg.resume, folder / "checkpoints")
+    if resume is None:
+        initialise(cfg, objective)
+    else:
+        print(f"[resume] {resume}", flush=True)
+    from train.strategies import strategy_clips_gradients
+
+    module = StageModule(
+        objective,
+        optim=OptimSettings(
+            lr=cfg.stage.optim.lr,
+            betas=tuple(cfg.stage.optim.betas),
+            weight_decay=cfg.stage.optim.weight_decay,
+            eps=cfg.stage.optim.eps,
+            warmup_steps=cfg.stage.optim.warmup_steps,
+        ),
+        loop=LoopSettings(
+            seed=cfg.seed,
+            gradient_clip_val=cfg.trainer.gradient_clip_val,
+            clip_in_strategy=strategy_clips_gradients(cfg.strategy.name),
+            max_consecutive_nonfinite=cfg.trainer.max_consecutive_nonfinite,
+            ema_decay=cfg.stage.ema.decay if cfg.stage.ema.enabled else None,
+            ema_warmup=cfg.stage.ema.warmup,
+            trainable=tuple(cfg.stage.trainable),
+            nonfinite_loss_at=tuple(cfg.debug.nonfinite_loss_at),
+            metrics_file=str(folder / "metrics.jsonl"),
+        ),
+        stage_dir=folder,
+    )
+    if cfg.model.compile and cfg.stage.objective == "diffusion":
+        objective.model.unet.compile()  # in place: parameter names (checkpoints, exports) stay the same
+    datamodule = StreamDataModule(
+        dataset_config(cfg, seed=cfg.seed),
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        pin_memory=cfg.data.pin_memory,
+    )
+    trainer = build_trainer(cfg, folder)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    if module.stop_reason:
+        print(f"[stopped] {module.stop_reason}", file=sys.stderr, flush=True)
+        return 1
+    if trainer.is_global_zero:
+        meta = {
+            "stage": cfg.stage.name,
+            "objective": cfg.stage.objective,
+            "task": cfg.conditioner.task,
+            "step": trainer.global_step,
+            "num_frames": cfg.stage.num_frames,
+            "height": cfg.stage.height,
+            "width": cfg.stage.width,
+            "ema": cfg.stage.ema.enabled,
+        }
+        out = write_export(export_dir(cfg.paths, cfg.stage.name), module.export_state_dict(), config=cfg, meta=meta)
+        print(f"[export] {out}", flush=True)
+    return 0

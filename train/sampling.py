@@ -1,0 +1,186 @@
+"""Sampling a video (or an image) from a ``LatentDiffusion`` model, the SVD way (RECIPE 2 and 3).
+
+The conditions are built by ``train/conditioning.py``, the same functions training uses. Then:
+
+* EDM discretization (sigma 0.002 .. 700, rho 7) and the deterministic Euler sampler, ``num_steps`` steps;
+* classifier-free guidance: ``VanillaCFG(max_cfg)`` for ``t2i``; for the video tasks ``LinearPredictionGuider``,
+  a per-frame scale linspace(min_cfg, max_cfg, T) (svd 1.0 -> 2.5, svd_xt 1.5 -> 3.0);
+* the unconditional branch: empty caption (text tasks) or zeroed image conditions (i2v), vector kept;
+* decoding ``decode_chunk`` frames at a time, each chunk as its own clip, as sgm's ``decoding_t`` does.
+
+All noise comes from one CPU ``torch.Generator`` seeded with ``seed``, so a seed gives the same video on any device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.conditioners import resize_bicubic
+from models.diffusion import EDMDiscretization, EulerEDMSampler, Guider, LinearPredictionGuider, VanillaCFG
+from models.latent_diffusion import LatentDiffusion
+from train.conditioning import Task, check_task, conditioner_inputs, latent_hw, per_frame, unconditional_inputs
+
+
+@dataclass(frozen=True)
+class SamplingPreset:
+    """Sampling defaults of a released model (RECIPE 3, sgm ``scripts/sampling/configs``)."""
+
+    num_frames: int
+    num_steps: int
+    min_cfg: float
+    max_cfg: float
+    height: int = 576
+    width: int = 1024
+
+
+PRESETS: dict[str, SamplingPreset] = {
+    "svd": SamplingPreset(num_frames=14, num_steps=25, min_cfg=1.0, max_cfg=2.5),
+    "svd_image_decoder": SamplingPreset(num_frames=14, num_steps=25, min_cfg=1.0, max_cfg=2.5),
+    "svd_xt": SamplingPreset(num_frames=25, num_steps=30, min_cfg=1.5, max_cfg=3.0),
+}
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode and restore each submodule's own training flag afterwards."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def grid_factor(model: LatentDiffusion) -> int:
+    """Pixels per cell of the grid a sample size must lie on: VAE downsampling x UNet downsampling."""
+    return model.first_stage.spec.downsample_factor * 2 ** (len(model.unet.spec.channel_mult) - 1)
+
+
+def prepare_image(image: torch.Tensor, *, height: int, width: int) -> torch.Tensor:
+    """A (3, H, W) uint8 or [-1, 1] float image -> float (3, height, width) in [-1, 1], resized and centre-cropped."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image has shape {tuple(image.shape)}; pass one RGB image as a (3, H, W) tensor")
+    x = image.float() / 127.5 - 1.0 if image.dtype == torch.uint8 else image.float()
+    h, w = x.shape[-2:]
+    if (h, w) == (height, width):
+        return x
+    # Scale so the image covers the target, then crop the centre (keeps the aspect ratio, no padding).
+    scale = max(height / h, width / w)
+    rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
+    x = resize_bicubic(x[None], (rh, rw), mode="torch")[0]
+    top, left = (rh - height) // 2, (rw - width) // 2
+    return x[:, top : top + height, left : left + width].clamp(-1.0, 1.0)
+
+
+def to_uint8_frames(frames: torch.Tensor) -> torch.Tensor:
+    """Decoded (T, 3, H, W) frames in [-1, 1] -> uint8 (T, H, W, 3) on CPU."""
+    x = ((frames.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu()
+
+
+def make_guider(task: Task, *, num_frames: int, min_cfg: float, max_cfg: float) -> Guider:
+    if task == "t2i":
+        return VanillaCFG(max_cfg)
+    return LinearPredictionGuider(max_cfg, num_frames=num_frames, min_scale=min_cfg)
+
+
+def decode_in_chunks(first_stage: nn.Module, z: torch.Tensor, *, chunk: int) -> torch.Tensor:
+    """(T, C, h, w) latents -> (T, 3, H, W); each chunk of ``chunk`` frames is decoded as one clip (sgm)."""
+    if chunk < 1:
+        raise ValueError(f"decode_chunk={chunk}; use a positive number of frames (SVD decodes 14 at a time)")
+    dtype = next(first_stage.parameters()).dtype
+    out = [first_stage.decode_latents(part.to(dtype), chunk_size=None, num_frames=len(part)) for part in z.split(chunk)]
+    return torch.cat(out)
+
+
+def _check_inputs(task: Task, prompt: str | None, image: torch.Tensor | None, num_frames: int) -> int:
+    if task in ("t2i", "t2v") and prompt is None:
+        raise ValueError(f"task {task!r} samples from text; pass prompt='...'")
+    if task == "i2v" and image is None:
+        raise ValueError("task 'i2v' animates an image; pass image=<(3, H, W) tensor>")
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames}; use at least 1 (SVD 14, SVD-XT 25)")
+    if task == "t2i" and num_frames != 1:
+        warnings.warn(f"task 't2i' samples one frame; num_frames={num_frames} is ignored", stacklevel=3)
+        return 1
+    return num_frames
+
+
+def sample_video(
+    model: LatentDiffusion,
+    denoiser: nn.Module,
+    *,
+    task: Task,
+    prompt: str | None = None,
+    image: torch.Tensor | None = None,
+    num_frames: int,
+    height: int,
+    width: int,
+    fps_id: int = 6,
+    motion_bucket_id: int = 127,
+    cond_aug: float = 0.02,
+    num_steps: int = 25,
+    min_cfg: float = 1.0,
+    max_cfg: float = 2.5,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    decode_chunk: int = 14,
+    progress: bool = False,
+) -> torch.Tensor:
+    """One sample as uint8 (T, H, W, 3) on CPU (T = 1 for ``t2i``); the model is expected on ``device``.
+
+    ``prompt`` for ``t2i`` / ``t2v``; ``image`` ((3, H, W), uint8 or float in [-1, 1]) for ``i2v``, resized and
+    centre-cropped to (height, width). The model runs in eval mode without gradients; its modes are restored.
+    """
+    task = check_task(task)
+    num_frames = _check_inputs(task, prompt, image, num_frames)
+    latent_hw(height, width, grid_factor(model))
+    vae_down = model.first_stage.spec.downsample_factor
+    device = torch.device(device)
+    dtype = next(model.unet.parameters()).dtype
+    generator = torch.Generator().manual_seed(seed)
+
+    cond_image = None
+    if task == "i2v":
+        assert image is not None
+        cond_dtype = next(model.conditioner.parameters()).dtype
+        cond_image = prepare_image(image, height=height, width=width)[None].to(device, cond_dtype)  # (1, 3, H, W)
+    inputs = conditioner_inputs(
+        task,
+        captions=[prompt] if prompt is not None else [],
+        fps_id=torch.tensor([fps_id], device=device),
+        motion_bucket_id=torch.tensor([motion_bucket_id], device=device),
+        cond_image=cond_image,
+        cond_aug=torch.tensor([cond_aug], device=device),
+        generator=generator,
+    )
+    uc_inputs, zero_keys = unconditional_inputs(task, inputs)
+
+    is_video = model.unet.spec.is_video
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not is_video:
+            return denoiser(model.unet, x, sigma, cond)
+        # Guided batch of 2 videos ([uc; c]), all frames video frames (no image-only frames at sampling).
+        indicator = torch.zeros(x.shape[0] // num_frames, num_frames, device=x.device, dtype=x.dtype)
+        return denoiser(model.unet, x, sigma, cond, num_video_frames=num_frames, image_only_indicator=indicator)
+
+    with eval_mode(model), torch.no_grad():
+        c, uc = model.conditioner.get_unconditional_conditioning(inputs, uc_inputs, force_uc_zero_embeddings=zero_keys)
+        c, uc = ({k: v.to(dtype) for k, v in per_frame(d, num_frames).items()} for d in (c, uc))
+        sampler = EulerEDMSampler(
+            EDMDiscretization(),
+            guider=make_guider(task, num_frames=num_frames, min_cfg=min_cfg, max_cfg=max_cfg),
+            num_steps=num_steps,
+        )
+        shape = (num_frames, model.unet.spec.out_channels, height // vae_down, width // vae_down)
+        z = sampler(denoise, c, uc, shape=shape, generator=generator, device=device, dtype=dtype, progress=progress)
+        frames = decode_in_chunks(model.first_stage, z, chunk=decode_chunk)
+    return to_uint8_frames(frames)

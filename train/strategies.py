@@ -1,0 +1,316 @@
+"""Lightning strategies for the one training loop (manual optimization, bf16 mixed precision on GPU).
+
+| name | strategy | who clips gradients |
+|---|---|---|
+| ``auto`` | Lightning's choice (single device) | the LightningModule (``self.clip_gradients``) |
+| ``ddp`` | ``DDPStrategy``: gloo on CPU, nccl on CUDA | the LightningModule |
+| ``deepspeed_zero2`` | ``AtomicDeepSpeedStrategy``, ZeRO stage 2 | DeepSpeed (``gradient_clipping`` in its config) |
+| ``deepspeed_zero3`` | ``AtomicDeepSpeedStrategy``, ZeRO stage 3 | DeepSpeed |
+
+Lightning's DeepSpeed precision plugin turns ``LightningModule.clip_gradients`` into a no-op, and a manual-optimization
+``Trainer`` refuses ``gradient_clip_val``; so clipping goes into the DeepSpeed config, and the training step asks
+``strategy_clips_gradients(name)`` whether to call ``self.clip_gradients`` itself.
+
+DeepSpeed is an optional extra (``pip install '.[deepspeed]'``); it is imported only when a DeepSpeed strategy is built
+or a DeepSpeed checkpoint is consolidated. A DeepSpeed checkpoint is a folder (``<name>.ckpt/latest`` plus
+``<name>.ckpt/checkpoint/*.pt``); ``AtomicDeepSpeedStrategy`` writes it under a temporary name and renames it when
+every rank is done, and ``consolidate_deepspeed_checkpoint`` turns it into one fp32 state dict for exports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal, get_args
+
+import torch
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
+from pytorch_lightning.utilities import rank_zero_warn
+
+StrategyName = Literal["auto", "ddp", "deepspeed_zero2", "deepspeed_zero3"]
+STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
+DEEPSPEED_STAGES: dict[str, int] = {"deepspeed_zero2": 2, "deepspeed_zero3": 3}
+DEEPSPEED_PRECISIONS: tuple[str, ...] = ("bf16-mixed", "bf16-true", "16-mixed", "32-true")
+CUDA_ACCELERATORS: tuple[str, ...] = ("gpu", "cuda")
+TMP_MARKER = ".tmp-"
+OLD_MARKER = ".old-"
+_INSTALL_HINT = "install it with pip install '.[deepspeed]' (or pip install deepspeed)"
+# Lightning >= 2.1 hands the LightningModule itself to DeepSpeed; older checkpoints carry the wrapper's prefix.
+_WRAPPER_PREFIX = "_forward_module."
+
+
+def _import_deepspeed(purpose: str, module: str = "deepspeed") -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{purpose} needs deepspeed, which is not installed; {_INSTALL_HINT}") from err
+
+
+def _check_name(name: str) -> None:
+    if name not in STRATEGY_NAMES:
+        raise ValueError(f"Unknown strategy {name!r}; choose one of {list(STRATEGY_NAMES)}")
+
+
+def strategy_clips_gradients(name: str) -> bool:
+    """True when the strategy clips gradients itself, so the training step must not call ``self.clip_gradients``."""
+    _check_name(name)
+    return name in DEEPSPEED_STAGES
+
+
+def _uses_cuda(accelerator: str) -> bool:
+    # "auto" is resolved the way Lightning resolves it for our hardware: CUDA when present, else CPU.
+    if accelerator == "auto":
+        return torch.cuda.is_available()
+    return accelerator in CUDA_ACCELERATORS
+
+
+def deepspeed_config(
+    stage: int,
+    *,
+    precision: str,
+    gradient_clip_val: float | None,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+    reduce_bucket_size: int = 500_000_000,
+    allgather_bucket_size: int = 500_000_000,
+    stage3_prefetch_bucket_size: int = 50_000_000,
+    stage3_param_persistence_threshold: int = 100_000,
+    stage3_max_live_parameters: int = 1_000_000_000,
+    micro_batch_size: int | None = None,
+) -> dict[str, Any]:
+    """The DeepSpeed JSON config for ZeRO ``stage`` 2 or 3 (https://www.deepspeed.ai/docs/config-json/).
+
+    ``train_micro_batch_size_per_gpu`` (throughput logging only) and ``gradient_accumulation_steps`` are left to
+    Lightning, which fills them from the train loader and the Trainer. Lightning reads the batch size from
+    ``loader.batch_sampler.batch_size``, which fails for a loader built with ``batch_size=None`` (WebDataset batches
+    inside the dataset): pass ``micro_batch_size`` then.
+    """
+    if stage not in (2, 3):
+        raise ValueError(f"ZeRO stage {stage} is not supported; use 2 (deepspeed_zero2) or 3 (deepspeed_zero3)")
+    if precision not in DEEPSPEED_PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not supported with DeepSpeed; use one of {DEEPSPEED_PRECISIONS}")
+    if gradient_clip_val is not None and gradient_clip_val < 0:
+        raise ValueError(f"gradient_clip_val must be >= 0 or None (no clipping), got {gradient_clip_val}")
+    if offload_params and stage != 3:
+        raise ValueError("offload_params needs ZeRO stage 3: use deepspeed_zero3 or set offload_params=False")
+    for key, value in (("reduce_bucket_size", reduce_bucket_size), ("allgather_bucket_size", allgather_bucket_size)):
+        if value <= 0:
+            raise ValueError(f"{key} must be a positive number of elements (DeepSpeed default 5e8), got {value}")
+    if micro_batch_size is not None and micro_batch_size <= 0:
+        raise ValueError(f"micro_batch_size must be positive or None (taken from the loader), got {micro_batch_size}")
+
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "contiguous_gradients": True,
+        "overlap_comm": True,
+        "reduce_scatter": True,
+        "reduce_bucket_size": int(reduce_bucket_size),
+    }
+    if stage == 2:
+        zero |= {"allgather_partitions": True, "allgather_bucket_size": int(allgather_bucket_size)}
+    else:
+        zero |= {
+            "stage3_prefetch_bucket_size": int(stage3_prefetch_bucket_size),
+            "stage3_param_persistence_threshold": int(stage3_param_persistence_threshold),
+            "stage3_max_live_parameters": int(stage3_max_live_parameters),
+            # Exports go through consolidate_deepspeed_checkpoint (fp32 master weights), not a gathered 16-bit copy.
+            "stage3_gather_16bit_weights_on_model_save": False,
+        }
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+
+    config: dict[str, Any] = {
+        # The optimizer comes from configure_optimizers (torch AdamW), which DeepSpeed calls "untested".
+        "zero_allow_untested_optimizer": True,
+        "zero_optimization": zero,
+        # Explicit so Lightning does not add its own; fp16 ("16-mixed") is filled in by Lightning with loss scaling.
+        "bf16": {"enabled": precision.startswith("bf16")},
+        "gradient_clipping": float(gradient_clip_val or 0.0),
+    }
+    if offload_optimizer:
+        # DeepSpeed refuses a torch optimizer with optimizer offload unless told otherwise; torch AdamW on the CPU
+        # is slower than DeepSpeedCPUAdam but needs no compiled op.
+        config["zero_force_ds_cpu_optimizer"] = False
+    if micro_batch_size is not None:
+        config["train_micro_batch_size_per_gpu"] = int(micro_batch_size)
+    return config
+
+
+def build_strategy(
+    name: str,
+    *,
+    accelerator: str,
+    gradient_clip_val: float | None,
+    precision: str,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+    zero_reduce_bucket_size: int = 500_000_000,
+    zero_allgather_bucket_size: int = 500_000_000,
+    zero3_prefetch_bucket_size: int = 50_000_000,
+    zero3_param_persistence_threshold: int = 100_000,
+    micro_batch_size: int | None = None,
+    timeout_s: int = 1800,
+) -> Strategy | str:
+    """The ``Trainer(strategy=...)`` argument for ``name`` (one of ``STRATEGY_NAMES``).
+
+    ``gradient_clip_val`` is used only by DeepSpeed strategies (see ``strategy_clips_gradients``); the other
+    strategies leave clipping to the LightningModule. ``timeout_s`` bounds every collective (a hung rank fails).
+    """
+    _check_name(name)
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
+    if name not in DEEPSPEED_STAGES and (offload_optimizer or offload_params or micro_batch_size is not None):
+        rank_zero_warn(
+            f"offload_optimizer, offload_params and micro_batch_size only apply to DeepSpeed; ignored for {name!r}"
+        )
+    if name == "auto":
+        return "auto"
+    timeout = timedelta(seconds=timeout_s)
+    if name == "ddp":
+        backend = "nccl" if _uses_cuda(accelerator) else "gloo"
+        return DDPStrategy(process_group_backend=backend, find_unused_parameters=False, timeout=timeout)
+
+    if not _uses_cuda(accelerator):
+        raise ValueError(
+            f"DeepSpeed needs CUDA but accelerator is {accelerator!r}; use strategy ddp on CPU, "
+            f"or accelerator gpu on a CUDA machine"
+        )
+    config = deepspeed_config(
+        DEEPSPEED_STAGES[name],
+        precision=precision,
+        gradient_clip_val=gradient_clip_val,
+        offload_optimizer=offload_optimizer,
+        offload_params=offload_params,
+        reduce_bucket_size=zero_reduce_bucket_size,
+        allgather_bucket_size=zero_allgather_bucket_size,
+        stage3_prefetch_bucket_size=zero3_prefetch_bucket_size,
+        stage3_param_persistence_threshold=zero3_param_persistence_threshold,
+        micro_batch_size=micro_batch_size,
+    )
+    _import_deepspeed(f"strategy {name!r}")
+    return AtomicDeepSpeedStrategy(config=config, timeout=timeout)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename durable; some filesystems (and all of Windows) cannot open a directory, which is harmless.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def tmp_checkpoint_path(filepath: str | os.PathLike[str], token: str) -> Path:
+    """Where a checkpoint for ``filepath`` is written before it is complete: ``<filepath>.tmp-<token>``."""
+    path = Path(filepath)
+    return path.with_name(f"{path.name}{TMP_MARKER}{token}")
+
+
+def remove_stale_tmp_checkpoints(filepath: str | os.PathLike[str]) -> list[Path]:
+    """Delete what an interrupted save of ``filepath`` left behind; returns the deleted paths.
+
+    ``<filepath>.tmp-*`` folders are incomplete by construction. ``<filepath>.old-*`` (a previous checkpoint moved
+    aside) is deleted only when ``filepath`` exists: if the save died between the two renames it is the only copy.
+    """
+    path = Path(filepath)
+    if not path.parent.is_dir():
+        return []
+    stale = sorted(path.parent.glob(f"{path.name}{TMP_MARKER}*"))
+    if path.exists():
+        stale += sorted(path.parent.glob(f"{path.name}{OLD_MARKER}*"))
+    for item in stale:
+        _remove(item)
+    return stale
+
+
+def replace_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move the complete checkpoint ``src`` (file or folder) to ``dst``.
+
+    A new ``dst`` is one atomic rename. An existing ``dst`` (folder, file or link) cannot be swapped atomically with
+    a folder, so it is renamed to ``<dst>.old-<token>`` first and deleted only after ``src`` has taken its name: at
+    every instant a complete checkpoint exists under ``dst`` or ``<dst>.old-*``.
+    """
+    src_path, dst_path = Path(src), Path(dst)
+    if not src_path.exists():
+        raise FileNotFoundError(f"checkpoint to rename {src_path} does not exist; was it written on this filesystem?")
+    if not (dst_path.exists() or dst_path.is_symlink()):
+        os.replace(src_path, dst_path)
+    else:
+        aside = dst_path.with_name(f"{dst_path.name}{OLD_MARKER}{uuid.uuid4().hex[:8]}")
+        os.replace(dst_path, aside)
+        os.replace(src_path, dst_path)
+        _remove(aside)
+    _fsync_dir(dst_path.parent)
+
+
+class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
+    """``DeepSpeedStrategy`` whose checkpoint folder appears under its final name only once every rank wrote it.
+
+    A kill during a save leaves the previous checkpoint of that name (and every other one) loadable. Assumes the
+    checkpoint folder is on a filesystem shared by all ranks and DeepSpeed's default synchronous checkpoint engine.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any | None = None) -> None:
+        final = Path(self.broadcast(str(filepath)))
+        token = self.broadcast(uuid.uuid4().hex[:8])
+        tmp = tmp_checkpoint_path(final, token)
+        if self.is_global_zero:
+            remove_stale_tmp_checkpoints(final)
+        self.barrier("atomic_deepspeed_save_start")
+        super().save_checkpoint(checkpoint, str(tmp), storage_options)
+        # Every rank has written its shards (DeepSpeed also ends its save with a barrier; this one is ours to rely on).
+        self.barrier("atomic_deepspeed_save_written")
+        if self.is_global_zero:
+            replace_checkpoint(tmp, final)
+        # No rank may read, remove or overwrite the checkpoint before it has its final name.
+        self.barrier("atomic_deepspeed_save_renamed")
+
+
+def consolidate_deepspeed_checkpoint(
+    checkpoint_dir: str | os.PathLike[str], *, tag: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict of the LightningModule saved in a ZeRO-2 or ZeRO-3 checkpoint folder.
+
+    ``checkpoint_dir`` is the folder Lightning saved (``<name>.ckpt/``, holding ``latest`` and the tag folder);
+    ``tag`` defaults to the one named in ``latest``. Parameters are rebuilt from the fp32 master weights in the
+    optimizer shards, so they are not rounded to bf16; keys match ``module.state_dict()``. Runs on CPU, on one
+    process, whatever the world size of the run that saved it.
+    """
+    path = Path(checkpoint_dir)
+    if not path.is_dir():
+        raise ValueError(
+            f"{path} is not a folder; a DeepSpeed checkpoint is the folder Lightning saved (<name>.ckpt/ holding "
+            f"'latest'). A single-file checkpoint needs no consolidation: torch.load it"
+        )
+    if tag is None and not (path / "latest").is_file():
+        raise ValueError(
+            f"{path} has no 'latest' file naming the checkpoint tag; pass tag= (Lightning uses 'checkpoint'), or "
+            f"check that the save completed (a '{TMP_MARKER}*' folder is an interrupted save)"
+        )
+    zero_to_fp32 = _import_deepspeed("consolidating a DeepSpeed checkpoint", "deepspeed.utils.zero_to_fp32")
+    state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = key.removeprefix(_WRAPPER_PREFIX)
+        # Frozen parameters and buffers come from the module copy, which DeepSpeed keeps in bf16 under bf16.
+        out[name] = value.float() if value.is_floating_point() else value
+    return out
