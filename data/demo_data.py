@@ -302,12 +302,23 @@ def raw_video_sample(seed: int, index: int, *, fps: float, size: tuple[int, int]
     return {f"{key}.mp4": buf.getvalue(), f"{key}.json": record, f"{key}.txt": caption.encode()}
 
 
-def clip_sample(seed: int, index: int, *, fps: float, size: tuple[int, int], key: str) -> dict[str, bytes]:
-    """Members of clip ``index``: one scene of 2-12 s; speed cycles static/slow/fast, every 4th has text."""
+def clip_scene(seed: int, index: int, *, fps: float) -> Any:
+    """The scene of clip ``index``: 2-12 s; speed cycles static/slow/fast, every 4th has text."""
     rng = sample_rng(seed, "clip", index)
     frames = int(round(float(rng.uniform(2.0, 12.0)) * fps))
     speed: Speed = ("static", "slow", "fast")[index % 3]
-    scene = random_scene(rng, num_frames=frames, speed=speed, text=index % 4 == 3)
+    return random_scene(rng, num_frames=frames, speed=speed, text=index % 4 == 3)
+
+
+def clip_first_frame(seed: int, index: int, *, fps: float, size: tuple[int, int]) -> np.ndarray:
+    """Frame 0 of clip ``index`` as (H, W, 3) uint8, rendered (not decoded): a conditioning image for I2V demos."""
+    return next(render_video(VideoPlan((clip_scene(seed, index, fps=fps),), (), fps, size, 2)))
+
+
+def clip_sample(seed: int, index: int, *, fps: float, size: tuple[int, int], key: str) -> dict[str, bytes]:
+    """Members of clip ``index`` (see ``clip_scene``): mp4, json with captions and curation fields, txt."""
+    scene = clip_scene(seed, index, fps=fps)
+    frames = scene.num_frames
     buf = io.BytesIO()
     meta = write_video(VideoPlan((scene,), (), fps, size, 2), buf)
     captions = scene_captions(scene)

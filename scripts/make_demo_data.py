@@ -2,7 +2,8 @@
 
 Layout under ``--out``: ``raw/NNNNN.tar`` (video2dataset style, multi-scene videos with cuts and fades),
 ``clips/NNNNN.tar`` (one scene each, with motion score and captions), ``images/NNNNN.tar`` (img2dataset style)
-and ``manifest.json``. The same arguments give byte-identical files. See ``data/demo_data.py``.
+``conditioning/clip_NNNNN.png`` (first frames of two fast clips, for image-to-video samples) and
+``manifest.json``. The same arguments give byte-identical files. See ``data/demo_data.py``.
 
 Usage: ``python scripts/make_demo_data.py [--out outputs/demo_data] [--seed 0] [--size 128x96] [--fps 24]``.
 """
@@ -13,9 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
-from data.demo_data import write_demo_dataset
+from data.demo_data import clip_first_frame, write_demo_dataset
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -56,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
             fps=args.fps,
             progress=bar.update,
         )
+    for index in range(2, args.num_clips, 3)[:2]:  # the "fast" clips: conditioning images for I2V samples
+        path = args.out / "conditioning" / f"clip_{index:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame = clip_first_frame(args.seed, index, fps=args.fps, size=args.size)
+        Image.fromarray(frame).save(path.with_suffix(".tmp.png"))
+        path.with_suffix(".tmp.png").replace(path)
+        print(f"conditioning image: {path}")
     for name, shards in manifest["shards"].items():
         print(f"{name}: {manifest['counts'][name]} samples in {len(shards)} shards under {args.out / name}")
     print(f"manifest: {args.out / 'manifest.json'}")

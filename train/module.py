@@ -72,6 +72,16 @@ def select_trainable(module: nn.Module, patterns: Sequence[str]) -> list[str]:
     return names
 
 
+def gathered(params: Iterator[nn.Parameter] | Sequence[nn.Parameter]) -> contextlib.AbstractContextManager:
+    """Full parameters for reading under DeepSpeed ZeRO-3 (partitioned ones carry ``ds_id``); else a no-op."""
+    params = list(params)
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
 def step_seed(seed: int, rank: int, index: int) -> int:
     digest = hashlib.sha256(f"{seed}:{rank}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -109,9 +119,11 @@ class StageModule(pl.LightningModule):
             yield
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """The export: the objective's export module with the EMA weights, on CPU."""
-        with self.ema_weights():
-            return {k: v.detach().cpu().clone() for k, v in self.objective.export_module().state_dict().items()}
+        """The export: the objective's export module with the EMA weights, on CPU. Call on every rank (under
+        ZeRO-3 the partitioned parameters are gathered first, a collective)."""
+        module = self.objective.export_module()
+        with gathered(module.parameters()), self.ema_weights():
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
     # ----- optimization --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -167,7 +179,9 @@ class StageModule(pl.LightningModule):
             opt.zero_grad(set_to_none=True)
             self.lr_schedulers().step()
             if self.ema is not None:
-                self.ema.update(self.trainable())
+                trainable = self.trainable()
+                with gathered(p for _, p in trainable):
+                    self.ema.update(trainable)
             self.nonfinite_in_a_row = 0
         self._log_step(loss.detach(), grad_norm, metrics, batch, skipped=skipped)
         return loss.detach()

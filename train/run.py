@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,9 @@ def build_callbacks(cfg: Any, folder: Path) -> list[pl.Callback]:
         )
     ]
     s = cfg.logger.samples
-    if s.every_n_steps > 0 and cfg.stage.objective == "diffusion":
+    if s.every_n_steps > 0 and cfg.strategy.name == "deepspeed_zero3":
+        log.warning("logger.samples is ignored under deepspeed_zero3 (rank 0 alone holds no full weights)")
+    elif s.every_n_steps > 0 and cfg.stage.objective == "diffusion":
         from train.callbacks.sample_videos import SampleVideos
 
         callbacks.append(
@@ -161,6 +164,8 @@ def build_trainer(cfg: Any, folder: Path) -> pl.Trainer:
 
 def run(cfg: DictConfig) -> int:
     """Train one stage; returns the process exit code."""
+    # The frozen VAE and text/image towers are in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     validate(cfg)
     folder = stage_dir(cfg.paths, cfg.stage.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,6 +214,7 @@ def run(cfg: DictConfig) -> int:
     if module.stop_reason:
         print(f"[stopped] {module.stop_reason}", file=sys.stderr, flush=True)
         return 1
+    state = module.export_state_dict()  # every rank: a collective under ZeRO-3
     if trainer.is_global_zero:
         meta = {
             "stage": cfg.stage.name,
@@ -220,6 +226,6 @@ def run(cfg: DictConfig) -> int:
             "width": cfg.stage.width,
             "ema": cfg.stage.ema.enabled,
         }
-        out = write_export(export_dir(cfg.paths, cfg.stage.name), module.export_state_dict(), config=cfg, meta=meta)
+        out = write_export(export_dir(cfg.paths, cfg.stage.name), state, config=cfg, meta=meta)
         print(f"[export] {out}", flush=True)
     return 0

@@ -1,0 +1,351 @@
+"""Benchmark a stage's training throughput: pixels (decode + VAE encode every step) against cached latents.
+
+Runs the real training loop (``train.run.run``: ``StageModule`` + Lightning ``Trainer`` + ``StreamDataModule``)
+twice in one process on the same clips, for ``--warmup + --steps`` optimizer steps each:
+
+- ``pixels``: the data pipeline decodes the clips and the objective encodes them with the frozen VAE every step;
+- ``cached``: the same clips first cached with the stage's own VAE (``scripts/cache_latents.py``'s library
+  functions; the VAE is the one the stage builds and initialises, so both runs train the same model), then the
+  stage's ``data.sources`` pointed at the cached shards.
+
+Prints ONE JSON line: ``pixels_samples_per_s``, ``cached_samples_per_s`` and ``cached_over_pixels`` (steady state:
+batch size / median step time over the steps after ``--warmup``; the step time is StageModule's per-step
+``train/samples_per_s``, which spans data wait, forward, backward, AdamW, EMA and logging), the same from the mean
+step time (``*_mean``: samples over the summed time, so data stalls and CPU contention weigh in), the per-step
+times, the caching time, and FLOPs per sample counted as ``scripts/bench_model.py`` counts them
+(``FlopCounterMode`` on the meta device; here for the stage's own UNet spec at the stage's latent size, plus the VAE
+encoder's forward). ``mfu`` = UNet training FLOP/s achieved / peak FLOP/s, with the peak from ``--peak-tflops`` or,
+on CUDA, a table of dense bf16 peaks; null when the peak is unknown (CPU without ``--peak-tflops``).
+
+Usage: ``python scripts/bench_train.py [--stage video_pretrain] [--overrides key=value ...] [--steps 8]
+[--warmup 2] [--device cpu|cuda] [--peak-tflops X] [--threads N] [--data DATA_ROOT]``. Defaults: ``experiment=demo``
+(tiny networks, 64x96, 8 frames, batch 4, 2 decoding workers; about 40 s on one CPU thread) trained from scratch
+(``stage.init.from_stage=null``, ``stage.init.keep=[unet,first_stage,conditioner]``), on demo shards written to a
+temporary folder unless ``--data`` names a data root (``paths.data_root``). On a GPU: ``--device cuda --experiment
+none --overrides model=svd data.sources=... ...`` (bf16-mixed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import functools
+import importlib.util
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from data.shard_writer import mark_done, output_names
+from data.sources import expand_urls
+from models.unet import VideoUNet
+from train.builders import build_first_stage, build_objective, dataset_config, unet_spec
+from train.config import SourceSchema, register_configs
+from train.run import initialise, run
+
+REPO = Path(__file__).resolve().parents[1]
+LOOP = (
+    "trainer: train.run.run (StageModule, Lightning Trainer, StreamDataModule); step time from StageModule's "
+    "per-step train/samples_per_s in the CSV log"
+)
+FLOPS_METHOD = (
+    "torch.utils.flop_counter.FlopCounterMode on the meta device, as scripts/bench_model.py: the stage's UNet "
+    "spec, one sample (num_frames frames) at the stage's latent size, forward + backward; mfu counts these UNet "
+    "FLOPs only (the frozen VAE encode of the pixel path is reported apart and not counted as useful work)"
+)
+# Dense bf16 tensor-core peaks (TFLOP/s) by device-name substring, used when --peak-tflops is not given.
+PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
+BENCH_KEYS = (
+    "stage.init.from_stage=null",
+    "stage.init.keep=[unet,first_stage,conditioner]",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", default="video_pretrain", help="a conf/stage/ name (a diffusion stage)")
+    p.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides (after the bench's own)")
+    p.add_argument("--experiment", default="demo", help="conf/experiment/ name ('none' for no experiment)")
+    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per mode")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per mode first (>= 1)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s of the device for the MFU")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of the training process (default: 1 on --device cpu, where OpenMP threads spinning "
+        "against other processes on a shared machine stall steps for seconds; torch's choice on cuda)",
+    )
+    p.add_argument("--data", type=Path, default=None, help="paths.data_root (default: demo shards in a temp dir)")
+    p.add_argument("--cache-batch-size", type=int, default=16, help="frames per VAE forward when caching")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 1:
+        p.error("need --steps >= 1 and --warmup >= 1 (the first step has no previous step to time against)")
+    return args
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose("train", overrides=overrides)
+
+
+def bench_config(args: argparse.Namespace, *, root: Path, data_root: Path, mode: str) -> DictConfig:
+    """The stage's config for one mode: the bench's keys, then the user's overrides, then the timing keys."""
+    device = ["trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=bf16-mixed"]
+    overrides = [
+        f"stage={args.stage}",
+        *([f"experiment={args.experiment}"] if args.experiment != "none" else []),
+        *BENCH_KEYS,
+        *(device if args.device == "cuda" else ["trainer.accelerator=cpu", "trainer.devices=1"]),
+        f"paths.data_root={data_root}",
+        *args.overrides,
+        f"stage.max_steps={args.warmup + args.steps}",
+        f"paths.root={root}",
+        f"paths.run_name={mode}",
+        "trainer.log_every_n_steps=1",
+        "trainer.checkpoint_every_n_steps=1000000000",
+        "trainer.progress_bar=false",
+        "logger.csv=true",
+        "logger.wandb=false",
+        "logger.samples.every_n_steps=0",
+        "resume=never",
+    ]
+    cfg = compose(overrides)
+    if cfg.stage.objective != "diffusion":
+        raise ValueError(f"--stage {args.stage} trains {cfg.stage.objective!r}; the bench needs a diffusion stage")
+    return cfg
+
+
+@functools.cache
+def cache_script() -> ModuleType:
+    """scripts/cache_latents.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("cache_latents", REPO / "scripts" / "cache_latents.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def stage_vae(cfg: Any) -> nn.Module:
+    """The stage's frozen VAE exactly as ``train.run.run`` builds and initialises it (same seed, same init)."""
+    torch.manual_seed(cfg.seed)
+    objective = build_objective(cfg)
+    initialise(cfg, objective)
+    return objective.model.first_stage
+
+
+def cache_stage_sources(
+    cfg: Any, out: Path, *, vae: nn.Module, device: str = "cpu", batch_size: int = 16
+) -> list[dict[str, Any]]:
+    """Cache every source of the stage's data config with ``vae`` under ``out/<source index>/``.
+
+    The clips are cut as the stage asks (frames, rate, size, on_short; centred window and crop, as every cache).
+    Returns the ``data.sources`` entries that point at the cached shards (same weights and names).
+    """
+    cache = cache_script()
+    clip = dataset_config(cfg, seed=cfg.seed).clip
+    vae = vae.to(device).eval().requires_grad_(False)
+    info = {"source": f"stage {cfg.stage.name} (seed {cfg.seed})", "sha256": None, "kind": type(vae).__name__}
+    encoders = cache.Encoders(vae=vae, vae_info=info, clip=None, clip_name=None)
+    sources = []
+    for index, source in enumerate(cfg.data.sources):
+        urls = expand_urls(list(source.urls))
+        folder = out / str(index)
+        argv = ["--shards", *urls, "--out", str(folder), "--vae-random-tiny"]  # the VAE is ours, not built there
+        argv += ["--num-frames", str(clip.num_frames), "--size", f"{clip.size[0]}x{clip.size[1]}"]
+        argv += ["--on-short", clip.on_short, "--device", device, "--batch-size", str(batch_size)]
+        argv += ["--target-fps", str(clip.target_fps)] if clip.target_fps is not None else []
+        args = cache.parse_args(argv)
+        counts: Counter[str] = Counter()
+        written = []
+        with cache.tqdm(disable=True) as bar:
+            for url, name in zip(urls, output_names(urls), strict=True):
+                n = cache.cache_shard(url, folder / name, args=args, encoders=encoders, counts=counts, bar=bar)
+                if n is None:
+                    raise ValueError(f"cannot read shard {url}; check data.sources / --data")
+                mark_done(folder / name, {"source": url, "samples": n})
+                written.append(str(folder / name))
+        sources.append({"urls": written, "weight": float(source.weight), "name": str(source.name)})
+    return sources
+
+
+def with_sources(cfg: DictConfig, sources: list[dict[str, Any]]) -> DictConfig:
+    cfg = copy.deepcopy(cfg)
+    cfg.data.sources = [SourceSchema(**s) for s in sources]
+    return cfg
+
+
+def read_step_rates(stage_folder: Path) -> list[float]:
+    """StageModule's per-step train/samples_per_s from the CSV log, in step order (the first is NaN)."""
+    files = sorted(stage_folder.glob("logs/**/metrics.csv"))
+    if not files:
+        raise ValueError(f"no CSV log under {stage_folder}/logs; the bench needs logger.csv=true")
+    with open(files[0], newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/samples_per_s", "") != ""]
+    return [float(r["train/samples_per_s"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+
+
+def timed_run(cfg: DictConfig, *, warmup: int) -> dict[str, Any]:
+    """Train the stage; samples/s over the steps after ``warmup`` and the per-step seconds."""
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
+        code = run(cfg)
+    total = time.perf_counter() - start
+    if code != 0:
+        raise RuntimeError(f"the {cfg.paths.run_name} run stopped with exit code {code}; see the log above")
+    rates = read_step_rates(Path(cfg.paths.root) / cfg.paths.run_name / cfg.stage.name)
+    timed = rates[warmup:]
+    if not timed or any(not math.isfinite(r) or r <= 0 for r in timed):
+        raise RuntimeError(f"expected {cfg.stage.max_steps} finite step rates in the CSV log, got {rates}")
+    batch = cfg.data.batch_size
+    seconds = [batch / r for r in timed]
+    median = statistics.median(seconds)
+    return {
+        "samples_per_s": batch / median,
+        "samples_per_s_mean": batch * len(seconds) / sum(seconds),
+        "step_s_median": median,
+        "step_times_s": [round(s, 4) for s in seconds],
+        "run_seconds": total,
+    }
+
+
+def unet_train_flops(cfg: Any) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the stage's UNet for one sample at the stage's size (bench_model's method)."""
+    spec = unet_spec(cfg)
+    down = 2 ** (len(cfg.model.autoencoder.ch_mult) - 1)
+    frames, h, w = cfg.stage.num_frames, cfg.stage.height // down, cfg.stage.width // down
+    with torch.device("meta"):
+        unet = VideoUNet(spec)
+        x = torch.randn(frames, spec.in_channels, h, w)
+        t, context = torch.randn(frames), torch.randn(frames, 1, spec.context_dim)
+        y = torch.randn(frames, spec.adm_in_channels) if spec.adm_in_channels else None
+    with FlopCounterMode(display=False) as fwd:
+        out = unet(x, t, context, y, num_video_frames=frames)
+    with FlopCounterMode(display=False) as bwd:
+        out.float().square().mean().backward()
+    return fwd.get_total_flops(), bwd.get_total_flops()
+
+
+def vae_encode_flops(cfg: Any) -> int:
+    """FLOPs of the frozen VAE encoder for one sample (the pixel path's extra work per step)."""
+    with torch.device("meta"):
+        vae = build_first_stage(cfg)
+        x = torch.randn(cfg.stage.num_frames, 3, cfg.stage.height, cfg.stage.width)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        vae.encode(x)
+    return counter.get_total_flops()
+
+
+def peak_flops(args: argparse.Namespace) -> float | None:
+    if args.peak_tflops is not None:
+        return args.peak_tflops * 1e12
+    if args.device == "cuda":
+        name = torch.cuda.get_device_name()
+        for key, tflops in PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return None
+
+
+def demo_data_root(folder: Path) -> Path:
+    from data.demo_data import write_demo_dataset
+
+    write_demo_dataset(folder, seed=0, num_raw_videos=0, num_clips=8, num_images=8, samples_per_shard=4)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads is not None or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    try:
+        result = bench(args)
+    finally:
+        torch.set_num_threads(threads)
+    print(json.dumps(result))
+    return 0
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        tmp_path = Path(tmp)
+        data_root = args.data if args.data is not None else demo_data_root(tmp_path / "demo_data")
+        runs = tmp_path / "runs"
+        pixels_cfg = bench_config(args, root=runs, data_root=data_root, mode="pixels")
+        cached_cfg = bench_config(args, root=runs, data_root=data_root, mode="cached")
+        pixels = timed_run(pixels_cfg, warmup=args.warmup)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):
+            vae = stage_vae(cached_cfg)
+            sources = cache_stage_sources(
+                cached_cfg, tmp_path / "cache", vae=vae, device=args.device, batch_size=args.cache_batch_size
+            )
+        cache_seconds = time.perf_counter() - start
+        cached = timed_run(with_sources(cached_cfg, sources), warmup=args.warmup)
+    fwd, bwd = unet_train_flops(pixels_cfg)
+    peak = peak_flops(args)
+
+    def mfu(samples_per_s: float) -> float | None:
+        return None if peak is None else float(f"{(fwd + bwd) * samples_per_s / peak:.4g}")
+
+    result = {
+        "stage": args.stage,
+        "loop": LOOP,
+        "pixels_samples_per_s": round(pixels["samples_per_s"], 4),
+        "cached_samples_per_s": round(cached["samples_per_s"], 4),
+        "cached_over_pixels": round(cached["samples_per_s"] / pixels["samples_per_s"], 4),
+        "pixels_samples_per_s_mean": round(pixels["samples_per_s_mean"], 4),
+        "cached_samples_per_s_mean": round(cached["samples_per_s_mean"], 4),
+        "cached_over_pixels_mean": round(cached["samples_per_s_mean"] / pixels["samples_per_s_mean"], 4),
+        "pixels_step_s_median": round(pixels["step_s_median"], 4),
+        "cached_step_s_median": round(cached["step_s_median"], 4),
+        "pixels_step_times_s": pixels["step_times_s"],
+        "cached_step_times_s": cached["step_times_s"],
+        "cache_seconds": round(cache_seconds, 3),
+        "cached_shards": sum(len(s["urls"]) for s in sources),
+        "unet_fwd_flops_per_sample": fwd,
+        "unet_bwd_flops_per_sample": bwd,
+        "unet_train_flops_per_sample": fwd + bwd,
+        "vae_encode_flops_per_sample": vae_encode_flops(pixels_cfg),
+        "flops_method": FLOPS_METHOD,
+        "peak_tflops": None if peak is None else peak / 1e12,
+        "pixels_mfu": mfu(pixels["samples_per_s"]),
+        "cached_mfu": mfu(cached["samples_per_s"]),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "precision": str(pixels_cfg.trainer.precision),
+        "batch_size": int(pixels_cfg.data.batch_size),
+        "num_workers": int(pixels_cfg.data.num_workers),
+        "num_frames": int(pixels_cfg.stage.num_frames),
+        "height": int(pixels_cfg.stage.height),
+        "width": int(pixels_cfg.stage.width),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "overrides": list(args.overrides),
+        "data": "demo shards (temp folder)" if args.data is None else str(args.data),
+        "config": OmegaConf.to_container(pixels_cfg.model, resolve=True),
+    }
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

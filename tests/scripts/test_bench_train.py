@@ -1,0 +1,57 @@
+"""scripts/bench_train.py in process with very few steps: one JSON line with both modes' figures."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["stage.height=32", "stage.width=32", "stage.num_frames=4", "data.batch_size=2", "data.num_workers=1"]
+
+
+@functools.cache
+def _script():
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts" / "bench_train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_prints_one_json_line_with_both_modes(capsys):
+    argv = ["--steps", "2", "--warmup", "1", "--peak-tflops", "0.5", "--overrides", *TINY]
+    assert _script().main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["stage"] == "video_pretrain" and result["loop"].startswith("trainer:")
+    for mode in ("pixels", "cached"):
+        assert result[f"{mode}_samples_per_s"] > 0
+        assert len(result[f"{mode}_step_times_s"]) == 2 and result[f"{mode}_step_s_median"] > 0
+        expected_mfu = result["unet_train_flops_per_sample"] * result[f"{mode}_samples_per_s"] / 0.5e12
+        assert result[f"{mode}_mfu"] == pytest.approx(expected_mfu, rel=2e-3)
+    for suffix in ("", "_mean"):
+        ratio = result[f"cached_samples_per_s{suffix}"] / result[f"pixels_samples_per_s{suffix}"]
+        assert result[f"cached_over_pixels{suffix}"] == pytest.approx(ratio, rel=1e-3)
+    assert result["pixels_samples_per_s"] == pytest.approx(2 / result["pixels_step_s_median"], rel=1e-3)
+    assert (
+        result["unet_train_flops_per_sample"]
+        == result["unet_fwd_flops_per_sample"] + result["unet_bwd_flops_per_sample"]
+    )
+    assert result["unet_bwd_flops_per_sample"] > result["unet_fwd_flops_per_sample"] > 0
+    assert result["vae_encode_flops_per_sample"] > 0 and result["cached_shards"] == 2
+    assert (result["batch_size"], result["num_frames"], result["height"], result["width"]) == (2, 4, 32, 32)
+    assert result["peak_tflops"] == 0.5 and result["device"].startswith("cpu")
+
+
+def test_bench_refuses_zero_warmup_and_non_diffusion_stages(tmp_path):
+    with pytest.raises(SystemExit):
+        _script().parse_args(["--warmup", "0"])
+    args = _script().parse_args(["--stage", "autoencoder"])
+    with pytest.raises(ValueError, match="needs a diffusion stage"):
+        _script().bench_config(args, root=tmp_path, data_root=tmp_path, mode="pixels")
