@@ -27,6 +27,13 @@ def test_stages_hand_off_their_exports(stage_overrides, tmp_path, caplog):
     ae = load_state_dict(root / "autoencoder" / "export" / "model.safetensors")
     assert ae and all(k.startswith("first_stage_model.") for k in ae)
 
+    assert _run(stage_overrides("temporal_decoder", "stage.max_steps=2")) == 0
+    temporal = load_state_dict(root / "temporal_decoder" / "export" / "model.safetensors")
+    assert any(".time_stack." in k for k in temporal) and "first_stage_model.quant_conv.weight" in temporal
+    for key, value in ae.items():  # the encoder stays the autoencoder's (frozen); the decoder trains
+        if key.startswith(("first_stage_model.encoder.", "first_stage_model.quant_conv.")):
+            torch.testing.assert_close(temporal[key], value, rtol=0, atol=0)
+
     assert _run(stage_overrides("image_pretrain", "stage.max_steps=2")) == 0
     image = load_state_dict(root / "image_pretrain" / "export" / "model.safetensors")
     for key, value in ae.items():  # the VAE came from the autoencoder stage and stayed frozen
