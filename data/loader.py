@@ -9,6 +9,7 @@ trainer's ``StreamTracker`` sees positions and skip counters.
 from __future__ import annotations
 
 import functools
+import signal
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -117,3 +118,6 @@ def build_dataloader(
 def _init_worker(worker_id: int) -> None:
     # Reuse the per-clip decode buffers instead of page-faulting fresh ones (see keep_decode_buffers): workers only.
     keep_decode_buffers()
+    # SLURM's preemption warning (--signal=USR1@...) may reach the whole process group: only the trainer acts on
+    # it (train/preemption.py); its default action would kill the worker and crash the loader.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)

@@ -11,6 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from train.builders import build_objective, dataset_config
 from train.checkpointing import AtomicCheckpointIO, PeriodicCheckpoint, resolve_resume
@@ -18,6 +19,7 @@ from train.config import validate
 from train.datamodule import StreamDataModule
 from train.export import export_dir, resolve_weights_file, stage_dir, write_export
 from train.module import LoopSettings, OptimSettings, StageModule
+from train.preemption import PreemptionCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +99,10 @@ def build_loggers(cfg: Any, folder: Path) -> list[Any]:
 
 
 def build_callbacks(cfg: Any, folder: Path) -> list[pl.Callback]:
-    callbacks: list[pl.Callback] = [
-        PeriodicCheckpoint(
-            folder / "checkpoints",
-            every_n_steps=cfg.trainer.checkpoint_every_n_steps,
-            keep=cfg.trainer.keep_checkpoints,
-        )
-    ]
+    checkpoints = PeriodicCheckpoint(
+        folder / "checkpoints", every_n_steps=cfg.trainer.checkpoint_every_n_steps, keep=cfg.trainer.keep_checkpoints
+    )
+    callbacks: list[pl.Callback] = [checkpoints, PreemptionCheckpoint(checkpoints)]
     s = cfg.logger.samples
     if s.every_n_steps > 0 and cfg.strategy.name == "deepspeed_zero3":
         log.warning("logger.samples is ignored under deepspeed_zero3 (rank 0 alone holds no full weights)")
@@ -140,7 +139,10 @@ def build_trainer(cfg: Any, folder: Path) -> pl.Trainer:
         offload_params=cfg.strategy.offload_params,
         timeout_s=cfg.strategy.timeout_s,
     )
-    plugins = [] if cfg.strategy.name.startswith("deepspeed") else [AtomicCheckpointIO()]
+    plugins: list[Any] = [] if cfg.strategy.name.startswith("deepspeed") else [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # One requeue mechanism (train/preemption.py), not Lightning's hpc_ckpt files beside ours.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -213,6 +215,12 @@ def run(cfg: DictConfig) -> int:
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     if module.stop_reason:
         print(f"[stopped] {module.stop_reason}", file=sys.stderr, flush=True)
+        return 1
+    if getattr(module, "preempted", None):
+        return 0  # checkpointed and requeued: the next job resumes and exports
+    if trainer.global_step < cfg.stage.max_steps:
+        print(f"[interrupted] at step {trainer.global_step} of {cfg.stage.max_steps}; resume=auto continues",
+              file=sys.stderr, flush=True)  # fmt: skip
         return 1
     state = module.export_state_dict()  # every rank: a collective under ZeRO-3
     if trainer.is_global_zero:
