@@ -152,3 +152,31 @@ def test_bad_input_fails_before_submitting_or_at_once(slurm_env, stage_overrides
     job = submit("image_pretrain.sbatch", [], env, logs, "--ntasks-per-node=1")
     assert wait(job, slurm_env) == "FAILED"
     assert "missing.sh not found" in log_of(logs, job)
+
+
+def test_the_preemption_signal_checkpoints_requeues_and_resumes(slurm_env, stage_overrides, tmp_path):
+    """SIGUSR1 (what --signal=USR1@300 sends before the time limit): checkpoint, scontrol requeue from inside the
+    job, the requeued job resumes from that checkpoint; same losses as an uninterrupted run (the first test's)."""
+    logs, steps = tmp_path / "logs", 6
+    common = ["stage.max_steps=6", "data.num_workers=1", "trainer.checkpoint_every_n_steps=100"]
+    straight = submit("video_pretrain.sbatch", scratch(stage_overrides, *common, "paths.run_name=straight"),
+                      slurm_env, logs, "--ntasks-per-node=1")  # fmt: skip
+    job = submit("video_pretrain.sbatch", scratch(stage_overrides, *common, "paths.run_name=preempted"),
+                 slurm_env, logs, "--ntasks-per-node=1")  # fmt: skip
+    stage = tmp_path / "runs" / "preempted" / "video_pretrain"
+    deadline = time.monotonic() + 600
+    while not ((stage / "metrics.jsonl").exists() and len(read_metrics(stage / "metrics.jsonl")) >= 2):
+        assert time.monotonic() < deadline and job_state(job, slurm_env) in ("PENDING", "RUNNING")
+        time.sleep(0.2)
+    sh(["scancel", "--signal=USR1", job], slurm_env)
+    assert wait(straight, slurm_env) == "COMPLETED", log_of(logs, straight)
+    assert wait(job, slurm_env, timeout=900) == "COMPLETED", log_of(logs, job)
+    log = log_of(logs, job)
+    assert "[preempted]" in log and f"job {job} requeued" in log and "restart 1" in log
+    assert re.search(r"\[resume\] \S+step_\d+\.ckpt", log), log
+    a = {
+        r["batch"]: r["train/loss"]
+        for r in read_metrics(tmp_path / "runs" / "straight" / "video_pretrain" / "metrics.jsonl")
+    }
+    b = {r["batch"]: r["train/loss"] for r in read_metrics(stage / "metrics.jsonl")}
+    assert a == b and sorted(b) == list(range(steps))
