@@ -32,6 +32,8 @@ import torch
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 from pytorch_lightning.utilities import rank_zero_warn
 
+from models.checkpoints.safe_load import fsync_dir
+
 StrategyName = Literal["auto", "ddp", "deepspeed_zero2", "deepspeed_zero3"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 DEEPSPEED_STAGES: dict[str, int] = {"deepspeed_zero2": 2, "deepspeed_zero3": 3}
@@ -198,20 +200,6 @@ def build_strategy(
     return AtomicDeepSpeedStrategy(config=config, timeout=timeout)
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable; some filesystems (and all of Windows) cannot open a directory, which is harmless.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _remove(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
@@ -259,7 +247,7 @@ def replace_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str])
         os.replace(dst_path, aside)
         os.replace(src_path, dst_path)
         _remove(aside)
-    _fsync_dir(dst_path.parent)
+    fsync_dir(dst_path.parent)
 
 
 class AtomicDeepSpeedStrategy(DeepSpeedStrategy):

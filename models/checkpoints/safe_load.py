@@ -88,7 +88,7 @@ def save_state_dict(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _torch_load_weights_only(path: Path, *, device: str | torch.device) -> object:
@@ -197,7 +197,7 @@ def _prepare_for_safetensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str
     return out
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable on POSIX; directories cannot be opened this way on Windows.
     try:
         fd = os.open(folder, os.O_RDONLY)
