@@ -25,7 +25,7 @@ from models.conditioners import (
     tiny_open_clip_config,
 )
 from models.diffusion import Denoiser, EDMSampling, StandardDiffusionLoss, VScalingWithEDMcNoise, VWeighting
-from models.latent_diffusion import LatentDiffusion
+from models.latent_diffusion import FIRST_STAGE_PREFIX, LatentDiffusion
 from models.unet import TemporalSpec, UNetSpec, VideoUNet
 from models.vae import AutoencoderKL, AutoencoderSpec, TemporalAutoencoder, temporal_from_kl
 from train.conditioning import CondAugConfig, check_task, latent_hw, vector_dim
@@ -148,8 +148,7 @@ def build_objective(cfg: Any) -> Objective:
 
 def init_temporal_decoder(objective: Objective, kl_state: dict[str, Any]) -> None:
     """Load a KL autoencoder's ``first_stage_model.*`` weights and rebuild the temporal decoder from them."""
-    prefix = "first_stage_model."
-    kl_weights = {k[len(prefix) :]: v for k, v in kl_state.items() if k.startswith(prefix)}
+    kl_weights = {k[len(FIRST_STAGE_PREFIX) :]: v for k, v in kl_state.items() if k.startswith(FIRST_STAGE_PREFIX)}
     if not kl_weights:
         raise ValueError("the temporal decoder stage needs a KL autoencoder (first_stage_model.* keys) to start from")
     source = objective.export_module().first_stage_model

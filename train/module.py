@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class LoopSettings:
     trainable: tuple[str, ...] = ("*",)
     nonfinite_loss_at: tuple[int, ...] = ()  # fault injection (debug.nonfinite_loss_at)
     metrics_file: str | None = None  # per-step jsonl, flushed every step (rank 0)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class NonFiniteLossError(RuntimeError):
