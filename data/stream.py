@@ -62,6 +62,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data.batch import Sample
+from data.curation.filters import read_key_list
 from data.errors import BadSample
 from data.micro_cond import lookup
 from data.sources import DataSources, RawRecord, SourceSpec, assign_shards, iter_shard_records
@@ -122,6 +123,9 @@ class StreamConfig:
     # (data/sample_decode.py needs json for videos only). Invalid json is always skipped before decode.
     require_json: bool = False
     warn_limit: int = 20  # per worker and reason, skips after this many are counted but not logged
+    # A file of record keys, one a line (data/curation/filters.py write_key_list): other records are skipped as
+    # "filtered" before their json is parsed. Every worker holds the keys (~100 bytes each) in memory.
+    key_list: str | None = None
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -178,6 +182,7 @@ class ShardStream(IterableDataset):
         self.sources = sources if isinstance(sources, DataSources) else DataSources(sources)
         self.decode = decode
         self.config = config or StreamConfig()
+        self._keys = read_key_list(self.config.key_list) if self.config.key_list else None
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.epoch = epoch
@@ -326,6 +331,8 @@ class ShardStream(IterableDataset):
         key, url = str(record["__key__"]), str(record["__url__"])
         run.stats.records_read += 1
         try:
+            if self._keys is not None and key not in self._keys:
+                raise BadSample("filtered", "key not in key_list")
             meta = _parse_json(record, require=self.config.require_json)
             for flt in self.config.filters:
                 if not flt.passes(meta):

@@ -19,6 +19,9 @@ Failure modes, each mapped to a ``BadSample`` reason so the stream can skip and 
 - fewer frames than the clip spans -> ``too_few_frames`` with ``on_short="skip"``, or the last frame repeated with
   ``on_short="pad"`` (the stride, hence ``fps_id``, is kept).
 
+Rotation: decord applies the display matrix of the mp4 track header (phone videos shot in portrait), so frames
+come out in display orientation, as players show them (tested for 0/90/180/270 degrees).
+
 Variable frame rate: decord's ``get_avg_fps`` is an average and indices are frame numbers, so a VFR clip is sampled
 every ``stride`` frames, not at exact timestamps. Screen recordings and phone videos can be VFR; curation that
 re-encodes to constant frame rate (as video2dataset can) avoids the drift.

@@ -177,7 +177,7 @@ def dataset_config(cfg: Any, *, seed: int) -> DatasetConfig:
         probabilities=_plain(d.caption_probabilities), fallback_fields=tuple(d.caption_fallback_fields)
     )
     micro = MicroCondConfig(motion=MotionBucketMapping(kind=d.motion_kind, scale=d.motion_scale))
-    stream = StreamConfig(seed=seed, shuffle_buffer=d.shuffle_buffer, filters=filters)
+    stream = StreamConfig(seed=seed, shuffle_buffer=d.shuffle_buffer, filters=filters, key_list=d.key_list)
     return DatasetConfig(
         sources=sources, clip=clip, captions=captions, micro=micro, stream=stream, require_json=d.require_json
     )

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 OBJECTIVES = ("diffusion", "autoencoder", "temporal_decoder")
 MEDIA = ("images", "clips")
@@ -21,6 +22,8 @@ TASKS = ("t2i", "t2v", "i2v")
 STRATEGIES = ("auto", "ddp", "deepspeed_zero2", "deepspeed_zero3")
 CHECKPOINTING = ("none", "all", "input", "middle", "output")
 WANDB_MODES = ("offline", "online", "disabled")
+# stage.trainable_layers: "temporal" = the layers the video UNet adds over the SD 2.1 image UNet (train/module.py).
+TRAINABLE_LAYERS = ("all", "temporal")
 
 
 @dataclass
@@ -161,6 +164,9 @@ class StageConfig:
     # fnmatch patterns over the parameter names of the stage's export module; Stage I' step 1 trains
     # only the time embedding: ["model.diffusion_model.time_embed.*"].
     trainable: list[str] = field(default_factory=lambda: ["*"])
+    # all | temporal (only the UNet's time_stack / time_mixer / time_pos_embed layers); applied on top of
+    # ``trainable``. Frozen parameters get no gradient, no optimizer state and no EMA copy.
+    trainable_layers: str = "all"
     autoencoder_loss: AutoencoderLossSchema = field(default_factory=AutoencoderLossSchema)
 
 
@@ -193,6 +199,7 @@ class DataConfig:
     on_short: str = "skip"
     shuffle_buffer: int = 100
     filters: list[FilterSchema] = field(default_factory=list)
+    key_list: str | None = None  # keep only the keys listed in this file (a curation subset's keys.txt)
     caption_probabilities: dict[str, float] = field(default_factory=lambda: {"coca": 0.5, "vblip": 0.25, "llm": 0.25})
     caption_fallback_fields: list[str] = field(default_factory=lambda: ["caption"])
     motion_scale: float = 32.0
@@ -240,6 +247,29 @@ class SamplesConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Metrics of a fixed generated set during training (0 disables; train/callbacks/evaluate_videos.py)."""
+
+    every_n_steps: int = 0
+    prompts: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    videos_per_prompt: int = 1  # seeds seed, seed + 1, ... for each prompt or image
+    num_steps: int = 25
+    min_cfg: float = 1.0
+    max_cfg: float = 2.5
+    fps_id: int = 6
+    motion_bucket_id: int = 127
+    seed: int = 0
+    clip_arch: str = "ViT-B-32"  # CLIPSIM's usual tower; "tiny" for tests
+    clip_pretrained: str | None = None  # an open_clip tag or a local file; None leaves CLIP random
+    features: str = "none"  # Frechet distance to `reference`: none | i3d (FVD, needs i3d_path) | clip
+    i3d_path: str | None = None
+    reference: list[str] = field(default_factory=list)  # shard specs of real clips
+    num_reference: int = 64
+    batch_size: int = 8
+
+
+@dataclass
 class LoggerConfig:
     wandb: bool = True
     wandb_mode: str = "offline"
@@ -247,6 +277,7 @@ class LoggerConfig:
     entity: str | None = None
     csv: bool = True
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
 @dataclass
@@ -275,6 +306,13 @@ def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore (called by the entry point and the config tests)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    # ``key: ${required:'what to set'}`` in a yaml: a value the user must give (a yaml cannot merge ``???`` over a
+    # schema default); resolving it before it is set fails with the hint (validate resolves the whole config).
+    OmegaConf.register_new_resolver("required", _required, replace=True)
+
+
+def _required(hint: str) -> Any:
+    raise ValueError(f"a required value is not set; pass {hint}")
 
 
 def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
@@ -283,13 +321,18 @@ def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """The checks OmegaConf cannot express: string choices and cross-group consistency."""
+    """The checks OmegaConf cannot express: unset required values, string choices and cross-group consistency."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except (InterpolationResolutionError, MissingMandatoryValue) as err:
+        raise ValueError(f"the config is incomplete: {err}") from None
     _choice(cfg.stage.objective, OBJECTIVES, "stage.objective")
     _choice(cfg.stage.media, MEDIA, "stage.media")
     _choice(cfg.conditioner.task, TASKS, "conditioner.task")
     _choice(cfg.strategy.name, STRATEGIES, "strategy.name")
     _choice(cfg.model.activation_checkpointing, CHECKPOINTING, "model.activation_checkpointing")
     _choice(cfg.logger.wandb_mode, WANDB_MODES, "logger.wandb_mode")
+    _choice(cfg.stage.trainable_layers, TRAINABLE_LAYERS, "stage.trainable_layers")
     if cfg.stage.objective == "diffusion":
         video = cfg.conditioner.task in ("t2v", "i2v")
         if video != bool(cfg.model.unet.video):

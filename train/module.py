@@ -26,6 +26,9 @@ import torch
 from torch import nn
 
 from data.stream_state import STREAM_KEY
+from models.checkpoints.inflation import is_temporal_key
+from models.latent_diffusion import UNET_PREFIX
+from train.config import TRAINABLE_LAYERS
 from train.ema import EMA
 from train.objective import Objective
 
@@ -50,6 +53,7 @@ class LoopSettings:
     ema_decay: float | None = 0.9999  # None disables the EMA
     ema_warmup: bool = True
     trainable: tuple[str, ...] = ("*",)
+    trainable_layers: str = "all"  # "temporal": only the video UNet's temporal layers (see select_trainable)
     nonfinite_loss_at: tuple[int, ...] = ()  # fault injection (debug.nonfinite_loss_at)
     metrics_file: str | None = None  # per-step jsonl, flushed every step (rank 0)
 
@@ -58,17 +62,55 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def select_trainable(module: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Freeze every parameter whose name matches none of ``patterns`` (fnmatch); return the trainable names."""
+def in_trainable_layers(name: str, layers: str) -> bool:
+    """Whether the export-module parameter ``name`` belongs to the layer set ``layers`` (stage.trainable_layers).
+
+    ``temporal`` is the set of layers the video UNet adds over the SD 2.1 image UNet (``time_stack``,
+    ``time_mixer``, ``time_pos_embed``; 656M parameters at full size), the same keys that inflation creates at
+    Stage I -> II (``is_temporal_key``). The temporal decoder of the VAE is not part of it.
+    """
+    if layers not in TRAINABLE_LAYERS:
+        raise ValueError(f"stage.trainable_layers={layers!r} is not valid; choose one of {', '.join(TRAINABLE_LAYERS)}")
+    if layers == "all":
+        return True
+    return name.startswith(UNET_PREFIX) and is_temporal_key(name[len(UNET_PREFIX) :])
+
+
+def select_trainable(module: nn.Module, patterns: Sequence[str], *, layers: str = "all") -> list[str]:
+    """Freeze every parameter outside ``layers`` or matching none of ``patterns`` (fnmatch); return the trainable
+    names. Parameters the objective froze already (VAE, CLIP towers) stay frozen."""
     names = []
     for name, param in module.named_parameters():
-        keep = param.requires_grad and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        keep = param.requires_grad and in_trainable_layers(name, layers)
+        keep = keep and any(fnmatch.fnmatchcase(name, p) for p in patterns)
         param.requires_grad_(keep)
         if keep:
             names.append(name)
     if not names:
-        raise ValueError(f"stage.trainable={list(patterns)} matches no trainable parameter of the stage's model")
+        raise ValueError(
+            f"stage.trainable={list(patterns)} with stage.trainable_layers={layers} matches no trainable parameter "
+            "of the stage's model (temporal layers exist only in a video UNet)"
+        )
     return names
+
+
+def log_trainable(module: nn.Module, *, patterns: Sequence[str], layers: str) -> tuple[int, int]:
+    """Log and return (trainable, total) parameter counts of ``module``."""
+    params = list(module.parameters())
+    total = sum(p.numel() for p in params)
+    trained = sum(p.numel() for p in params if p.requires_grad)
+    tensors = sum(1 for p in params if p.requires_grad)
+    log.info(
+        "trainable: %d of %d parameter tensors, %.2fM of %.2fM parameters (stage.trainable_layers=%s, "
+        "stage.trainable=%s); the optimizer, gradient clipping and the EMA see only these",
+        tensors,
+        len(params),
+        trained / 1e6,
+        total / 1e6,
+        layers,
+        list(patterns),
+    )
+    return trained, total
 
 
 def gathered(params: Iterator[nn.Parameter] | Sequence[nn.Parameter]) -> contextlib.AbstractContextManager:
@@ -94,7 +136,8 @@ class StageModule(pl.LightningModule):
         self.optim_settings = optim
         self.loop = loop
         self.stage_dir = Path(stage_dir)
-        select_trainable(objective.export_module(), loop.trainable)
+        select_trainable(objective.export_module(), loop.trainable, layers=loop.trainable_layers)
+        log_trainable(objective.export_module(), patterns=loop.trainable, layers=loop.trainable_layers)
         self.ema = None
         if loop.ema_decay is not None:
             self.ema = EMA(objective.named_trainable_parameters(), decay=loop.ema_decay, warmup=loop.ema_warmup)

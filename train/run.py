@@ -123,6 +123,13 @@ def build_callbacks(cfg: Any, folder: Path) -> list[pl.Callback]:
                 fps=s.fps,
             )
         )
+    e = cfg.logger.evaluation
+    if e.every_n_steps > 0 and cfg.strategy.name == "deepspeed_zero3":
+        log.warning("logger.evaluation is ignored under deepspeed_zero3 (rank 0 alone holds no full weights)")
+    elif e.every_n_steps > 0 and cfg.stage.objective == "diffusion":
+        from train.callbacks.evaluate_videos import EvaluateVideos
+
+        callbacks.append(EvaluateVideos(**OmegaConf.to_container(e, resolve=True)))  # keys = constructor arguments
     return callbacks
 
 
@@ -198,6 +205,7 @@ def run(cfg: DictConfig) -> int:
             ema_decay=cfg.stage.ema.decay if cfg.stage.ema.enabled else None,
             ema_warmup=cfg.stage.ema.warmup,
             trainable=tuple(cfg.stage.trainable),
+            trainable_layers=cfg.stage.trainable_layers,
             nonfinite_loss_at=tuple(cfg.debug.nonfinite_loss_at),
             metrics_file=str(folder / "metrics.jsonl"),
         ),
