@@ -10,6 +10,7 @@ else is a ``ValueError`` naming the first keys.
 |---|---|
 | SD 2.1 ldm layout | ``cond_stage_model.`` -> ``conditioner.embedders.0.``; schedule buffers, ``model_ema.*`` dropped |
 | sgm SD 2.1 layout | ``denoiser.*`` (discrete sigmas) dropped |
+| diffusers SVD folder | read as the svd layout (``train/interop_diffusers.py``); what it lacks is new, unused |
 | image UNet -> video UNet | ``inflate_image_unet``: temporal layers new, identity init (RECIPE 1.4) |
 | input conv gains input channels | old channels copied, new ones zero (4 -> 8: the I2V concat latent) |
 | ``label_emb`` gains input columns | old columns copied, new ones zero (t2v 512 -> i2v 768: no ``cond_aug`` at first) |
@@ -38,6 +39,7 @@ from models.checkpoints.inflation import INPUT_CONV_KEY, InflationReport, inflat
 from models.checkpoints.official import ABSENT_OK
 from models.diffusion.ddpm_schedule import LDM_SCHEDULE_BUFFER_NAMES
 from models.latent_diffusion import COMPONENT_PREFIXES, CONDITIONER_PREFIX, FIRST_STAGE_PREFIX, UNET_PREFIX
+from train.interop_diffusers import is_diffusers_folder, load_diffusers_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,8 @@ def _first(keys: Sequence[str], n: int = 3) -> str:
 def _read(source: str | os.PathLike[str] | Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
     if isinstance(source, Mapping):
         return dict(source), "<state dict>"
+    if is_diffusers_folder(source):
+        return load_diffusers_state_dict(source), os.fspath(source)
     return load_state_dict(source), os.fspath(source)
 
 

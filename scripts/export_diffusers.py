@@ -1,0 +1,62 @@
+"""Write a diffusers ``StableVideoDiffusionPipeline`` folder from a stage export or a released SVD checkpoint.
+
+Usage:
+  python scripts/export_diffusers.py --export runs/demo/img2vid_finetune/export --out svd_diffusers/
+  python scripts/export_diffusers.py --official svd_xt.safetensors --variant svd_xt --out svd_xt_diffusers/ \\
+      --dtype float16
+
+Load it with ``StableVideoDiffusionPipeline.from_pretrained(out)``; ``match_sgm_group_norm_eps(pipe.unet)``
+(``models.checkpoints.diffusers_unet``) makes its UNet compute exactly as ours (diffusers hard-codes GroupNorm eps
+1e-6 in some ResBlocks). The folder also initialises training: ``load_init_weights(model, out)``. What the folder
+does not carry is printed. The folder is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from models.checkpoints.diffusers_pipeline import tiny_diffusers_sizes
+from train.interop_diffusers import OFFICIAL_VARIANTS, export_official, export_stage
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--export", type=Path, help="an i2v stage export folder (train.export)")
+    src.add_argument("--official", type=Path, help="a released single-file checkpoint (svd.safetensors, ...)")
+    p.add_argument("--variant", choices=OFFICIAL_VARIANTS, help="layout of --official")
+    p.add_argument("--out", type=Path, required=True, help="the pipeline folder to write")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the written weights (default: the source's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-size official layout (tests only)
+    args = p.parse_args(argv)
+    if args.official is not None and args.variant is None:
+        p.error(f"--official needs --variant (one of {', '.join(OFFICIAL_VARIANTS)})")
+    if args.export is not None and args.variant is not None:
+        p.error("--variant describes --official; a stage export knows its own layout, drop --variant")
+    if args.out.exists() and not args.overwrite:
+        p.error(f"{args.out} exists; pass --overwrite to replace it")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common = {"dtype": DTYPES.get(args.dtype), "overwrite": args.overwrite}
+    if args.export is not None:
+        notes = export_stage(args.export, args.out, **common)
+    else:
+        sizes = tiny_diffusers_sizes() if args.tiny else None
+        notes = export_official(args.official, args.out, variant=args.variant, sizes=sizes, **common)
+    if notes.dropped or notes.warnings:
+        print(notes.summary())
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
