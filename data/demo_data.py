@@ -40,7 +40,7 @@ from data.demo_scenes import (
     text_area_fraction,
 )
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 Transition = Literal["cut", "crossfade", "fade_black"]
 TRANSITIONS: tuple[Transition, ...] = ("cut", "crossfade", "fade_black")
 _KIND_IDS = {"raw": 0, "clip": 1, "image": 2, "single": 3}  # "single": write_demo_video
@@ -326,7 +326,7 @@ def clip_sample(seed: int, index: int, *, fps: float, size: tuple[int, int], key
     record = _record(
         "clip", seed, index, key=key, caption=caption, captions=captions, duration=round(frames / fps, 6),
         video_fps=fps, fps=fps, width=size[0], height=size[1], num_frames=meta["num_frames"],
-        motion_score=scene_motion_score(scene), speed=scene.speed, pan=scene.pan, has_text=scene.has_text,
+        motion_score=scene_motion_score(scene, fps=fps), speed=scene.speed, pan=scene.pan, has_text=scene.has_text,
         text=scene.text, text_area=text_area_fraction(scene.text, size=size),
     )  # fmt: skip
     return {f"{key}.mp4": buf.getvalue(), f"{key}.json": record, f"{key}.txt": caption.encode()}

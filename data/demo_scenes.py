@@ -244,10 +244,13 @@ def scene_captions(spec: SceneSpec) -> dict[str, str]:
     return {"caption": full, "coca": coca, "vblip": vblip, "llm": llm}
 
 
-def scene_motion_score(spec: SceneSpec) -> float:
-    """Motion proxy: displacement of the moving content in pixels per frame at ``REFERENCE_SHORT_SIDE`` pixels
-    (independent of the rendered size). 0 for static scenes."""
-    return float(SPEED_PX_PER_FRAME[spec.speed]) if spec.shapes or spec.pan else 0.0
+def scene_motion_score(spec: SceneSpec, *, fps: float) -> float:
+    """The scene's motion in the curation's unit (``data/curation/motion.py``): displacement of the moving content
+    in pixels per second on a 16-pixel short side, from its speed (independent of the rendered size). 0 for
+    static scenes. What the flow measures is lower where only part of the frame moves."""
+    if not (spec.shapes or spec.pan):
+        return 0.0
+    return round(float(SPEED_PX_PER_FRAME[spec.speed]) * fps * 16.0 / REFERENCE_SHORT_SIDE, 6)
 
 
 def text_area_fraction(text: str | None, *, size: tuple[int, int]) -> float:

@@ -11,18 +11,22 @@ motion_bucket_id
     The paper conditions on "the input video's ... motion score" but never published how the optical-flow score
     becomes a bucket id (RECIPE section 2; open upstream issues). Ours is explicit and configurable. The score is
     read from the sample's json (``motion_score_key``, a dotted path such as ``"motion_score"`` or
-    ``"flow.mean"``): the mean optical-flow magnitude in pixels per frame of the source clip, at the reference
-    resolution the curation pipeline uses (``data/curation/``, issue 6). ``MotionBucketMapping`` maps it:
+    ``"flow.mean"``) and is what the curation writes (``data/curation/motion.py``): the mean Farneback flow
+    magnitude between frames sampled at 4 fps, averaged down to a flow map with a 16-pixel short side, in pixels
+    of that map per second. It does not depend on the video's resolution or frame rate; a pan of 1/16 of the
+    frame's short side per second scores 1. ``MotionBucketMapping`` maps it:
 
+    - ``kind="log"`` (default): ``bucket = round(offset + scale * log1p(score))``, which spreads out the many
+      slow clips and compresses the few very fast ones;
     - ``kind="linear"``: ``bucket = round(offset + scale * score)``;
-    - ``kind="log"``: ``bucket = round(offset + scale * log1p(score))`` (spreads the many slow clips out);
 
-    clipped to ``[0, max_bucket]`` (255: the official sampling script warns above it). Our default is linear
-    with ``scale = 32``: a score of about 4 px/frame, typical moderate motion, lands near the inference default
-    127; static clips land near 0 and anything above ~8 px/frame saturates at 255. Recalibrate ``scale`` from
-    your data (e.g. so the median score maps to 127) and keep the mapping with the checkpoint, since sampling
-    must use the same scale. A json without a motion score gets ``default_motion_bucket`` (127) and is reported
-    as such so the stream can count it. Image samples get ``default_fps_id`` and ``default_motion_bucket``.
+    clipped to ``[0, max_bucket]`` (255: the official sampling script warns above it). Our default is log with
+    ``scale = 90``: static clips land at 0, a score of 1 (a slow drift) at 62, 3.1 (about a fifth of the frame
+    per second, moderate motion) at the inference default 127, 8 at 198, and 16 (a whole short side per second)
+    saturates at 255. Recalibrate from your data if you like (e.g. so the median score maps to 127) and keep
+    the mapping with the checkpoint, since sampling must use the same one. A json without a motion score gets
+    ``default_motion_bucket`` (127) and is reported as such so the stream can count it. Image samples get
+    ``default_fps_id`` and ``default_motion_bucket``.
 
 The inverses (``fps_from_id``, ``MotionBucketMapping.score``) say which fps and score a chosen id stands for.
 """
@@ -37,10 +41,10 @@ from typing import Any, Literal
 
 @dataclass(frozen=True)
 class MotionBucketMapping:
-    """Motion score (mean flow magnitude, px/frame) -> ``motion_bucket_id`` in ``[0, max_bucket]``."""
+    """Motion score (16-px flow-map pixels per second, see above) -> ``motion_bucket_id`` in ``[0, max_bucket]``."""
 
-    kind: Literal["linear", "log"] = "linear"
-    scale: float = 32.0
+    kind: Literal["linear", "log"] = "log"
+    scale: float = 90.0
     offset: float = 0.0
     max_bucket: int = 255
 

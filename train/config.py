@@ -202,8 +202,8 @@ class DataConfig:
     key_list: str | None = None  # keep only the keys listed in this file (a curation subset's keys.txt)
     caption_probabilities: dict[str, float] = field(default_factory=lambda: {"coca": 0.5, "vblip": 0.25, "llm": 0.25})
     caption_fallback_fields: list[str] = field(default_factory=lambda: ["caption"])
-    motion_scale: float = 32.0
-    motion_kind: str = "linear"
+    motion_scale: float = 90.0  # data/micro_cond.py: bucket = round(scale * log1p(score)) for kind "log"
+    motion_kind: str = "log"
     require_json: str = "video"
     pin_memory: bool = False
 

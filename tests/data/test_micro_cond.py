@@ -25,10 +25,20 @@ def test_fps_id_inverse_and_errors():
         fps_id_for(0.0, cfg)
 
 
-def test_linear_default_mapping():
+def test_default_mapping_is_log():
     m = MotionBucketMapping()
+    assert (m.kind, m.scale) == ("log", 90.0)
+    assert m.bucket(0.0) == 0 and m.bucket(1.0) == 62 and m.bucket(8.0) == 198
+    assert m.bucket(3.1) == 127  # moderate motion (a fifth of the frame per second) at the inference default
+    assert m.bucket(16.0) == 255 and m.bucket(100.0) == 255 and m.bucket(math.inf) == 255
+    assert m.bucket(-1.0) == 0 and m.bucket(math.nan) == 0
+    assert all(m.bucket(m.score(b)) == b for b in range(256))
+
+
+def test_linear_mapping():
+    m = MotionBucketMapping(kind="linear", scale=32.0)
     assert m.bucket(0.0) == 0
-    assert m.bucket(4.0) == 128  # typical motion near the inference default 127
+    assert m.bucket(4.0) == 128
     assert m.bucket(100.0) == 255 and m.bucket(math.inf) == 255
     assert m.bucket(-1.0) == 0 and m.bucket(math.nan) == 0
     assert all(m.bucket(m.score(b)) == b for b in range(256))
@@ -44,14 +54,14 @@ def test_log_mapping_and_inverse():
 
 
 def test_motion_bucket_from_json():
-    cfg = MicroCondConfig(motion=MotionBucketMapping(scale=10.0))
+    cfg = MicroCondConfig(motion=MotionBucketMapping(kind="linear", scale=10.0))
     assert motion_bucket_for({"motion_score": 3.0}, cfg) == (30, False)
     assert motion_bucket_for({}, cfg) == (127, True)
     assert motion_bucket_for(None, cfg) == (127, True)
     assert motion_bucket_for({"motion_score": "fast"}, cfg) == (127, True)
     assert motion_bucket_for({"motion_score": None}, cfg) == (127, True)
     nested = MicroCondConfig(motion_score_key="flow.mean", default_motion_bucket=100)
-    assert motion_bucket_for({"flow": {"mean": 1.0}}, nested) == (32, False)
+    assert motion_bucket_for({"flow": {"mean": 1.0}}, nested) == (62, False)
     assert motion_bucket_for({"flow": 1.0}, nested) == (100, True)
 
 

@@ -41,7 +41,7 @@ def test_video_sample(make_mp4):
     assert out["frames"].shape == (4, 3, 32, 48) and out["frames"].dtype == torch.uint8
     assert torch.equal(out["image_only_indicator"], torch.zeros(4))
     assert out["fps_id"] == 11  # 24 fps at stride 2 -> 12 fps -> fps_id 11
-    assert out["motion_bucket_id"] == 64  # 2 px/frame * 32
+    assert out["motion_bucket_id"] == 99  # round(90 * log1p(2)): the default log mapping
     assert out["caption"] in META["captions"].values()
     assert (out["key"], out["shard"]) == ("000001", "shards/000.tar")
     assert not counters
