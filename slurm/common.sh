@@ -11,19 +11,7 @@
 #    (train/preemption.py); a finished stage does not requeue.
 set -euo pipefail
 
-fail() {
-    echo "[svd-slurm] ERROR: $*" >&2
-    exit 1
-}
-
-ROOT="${SVD_ROOT:-${SLURM_SUBMIT_DIR:-$(pwd)}}"
-[[ -f "$ROOT/train/__main__.py" ]] || fail "no repository at $ROOT: run sbatch from the repository root or set SVD_ROOT"
-cd "$ROOT"
-ENV_FILE="${SVD_SLURM_ENV:-$ROOT/slurm/env.sh}"
-[[ -f "$ENV_FILE" ]] || fail "env file $ENV_FILE not found: copy slurm/env.example.sh to slurm/env.sh and edit it, or set SVD_SLURM_ENV"
-# shellcheck source=/dev/null
-source "$ENV_FILE"
-PYTHON="${SVD_PYTHON:-python}"
+source "${SVD_ROOT:-${SLURM_SUBMIT_DIR:-$(pwd)}}/slurm/setup.sh"
 read -r -a EXTRA <<< "${SVD_OVERRIDES:-}"
 
 echo "[svd-slurm] job ${SLURM_JOB_ID:-none} stage ${STAGE} restart ${SLURM_RESTART_COUNT:-0}" \

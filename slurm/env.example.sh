@@ -14,5 +14,9 @@ source "${SVD_ROOT:-$PWD}/.venv/bin/activate"
 export SVD_OVERRIDES="${SVD_OVERRIDES:-}"
 # export SVD_OVERRIDES="paths=mycluster logger.wandb_mode=online"
 
+# Hydra overrides added to every curation job (slurm/curate.sh): model files for offline nodes, ...
+export SVD_CURATE_OVERRIDES="${SVD_CURATE_OVERRIDES:-}"
+# export SVD_CURATE_OVERRIDES="annotate.clip.pretrained=/models/open_clip_vit_l14.bin"
+
 # NCCL and threads.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-8}}"

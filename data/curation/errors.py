@@ -24,6 +24,7 @@ NoteReason = Literal[
     "variable_frame_rate",  # frame times taken from timestamps rather than index / fps
     "odd_resolution",  # odd width or height (kept; clips re-encoded to even sizes when needed)
     "reencoded",  # a clip that could not be cut by stream copy and was re-encoded
+    "truncated",  # decoding stopped early (damaged or cut-off data): clips come from the frames that decoded
 ]
 
 SKIP_REASONS: tuple[str, ...] = SkipReason.__args__  # type: ignore[attr-defined]

@@ -1,0 +1,217 @@
+"""One raw video -> annotated clips: probe, one decode pass (cut cascade + motion), keyframe-aware clipping, then
+text area, CLIP scores and captions on each clip's first/middle/last frames.
+
+``Annotators`` holds the built models (text detector, CLIP scorer, captioner); build it once per process. Every
+failure is an input problem (``CurationSkip``) or an annotator problem (``annotator_error``): counted, logged in
+one line naming the video, never raised to the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.curation.captioner import Captioner, build_captioner
+from data.curation.clip_scores import ClipScorer
+from data.curation.clipping import ClipSpan, copy_points, plan_clips, write_clip
+from data.curation.config import AnnotateConfig
+from data.curation.cuts import CutCascade
+from data.curation.errors import CurationSkip
+from data.curation.inputs import RawVideo
+from data.curation.keyframes import first_middle_last, read_frames
+from data.curation.motion import MotionTap
+from data.curation.probe import VideoInfo, notes_for, probe_video
+from data.curation.scan import scan_video
+from data.curation.text_area import TextAreaDetector, clip_text_area
+
+log = logging.getLogger(__name__)
+THUMB_SHORT_SIDE = 96
+
+
+@dataclass
+class Annotators:
+    """The models an annotation process needs, built once from the config (None = that annotation is off)."""
+
+    cfg: AnnotateConfig
+    text: TextAreaDetector | None = None
+    clip: ClipScorer | None = None
+    captioner: Captioner | None = None
+
+    @classmethod
+    def build(cls, cfg: AnnotateConfig) -> Annotators:
+        return cls(
+            cfg,
+            text=TextAreaDetector(cfg.text) if cfg.text_area else None,
+            clip=ClipScorer(cfg.clip) if cfg.clip_scores else None,
+            captioner=build_captioner(cfg.captioner, **dict(cfg.captioner_options)),
+        )
+
+
+@dataclass
+class Clip:
+    key: str
+    mp4: bytes
+    record: dict[str, Any]
+    thumb: np.ndarray  # (h, w, 3) uint8, the middle frame at THUMB_SHORT_SIDE
+
+
+@dataclass
+class VideoOutcome:
+    clips: list[Clip] = field(default_factory=list)
+    skips: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)
+    problems: list[dict[str, str]] = field(default_factory=list)  # {"source", "reason", "detail"}
+
+    def skip(self, raw: RawVideo, reason: str, detail: str) -> None:
+        self.skips[reason] += 1
+        self.problems.append({"source": raw.source, "reason": reason, "detail": detail})
+        log.warning("skipped %s: %s%s", raw.source, reason, f" ({detail})" if detail else "")
+
+
+def thumbnail(frame: np.ndarray, short_side: int = THUMB_SHORT_SIDE) -> np.ndarray:
+    import cv2
+
+    h, w = frame.shape[:2]
+    scale = short_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(np.ascontiguousarray(frame), size, interpolation=cv2.INTER_AREA)
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _clip_record(
+    raw: RawVideo, key: str, index: int, span: ClipSpan, info: VideoInfo, written: Any, method_note: list[str]
+) -> dict[str, Any]:
+    return {
+        "key": key,
+        "source": raw.source,
+        "video_key": raw.key,
+        "clip_index": index,
+        "start_s": round(span.start_s, 6),
+        "end_s": round(span.end_s, 6),
+        "start_frame": span.start_frame,
+        "end_frame": span.end_frame,
+        "duration_s": round(span.end_s - span.start_s, 6),
+        "num_frames": written.num_frames,
+        "fps": round(float(written.fps), 6),
+        "width": written.width,
+        "height": written.height,
+        "cut_method": written.method,
+        "notes": method_note,
+    }
+
+
+def _annotate_clip(
+    annotators: Annotators, record: dict[str, Any], clip_path: str, raw: RawVideo, motion: MotionTap
+) -> np.ndarray:
+    """Fill the clip's scores into ``record``; returns the middle frame's thumbnail."""
+    frames = read_frames(clip_path, list(first_middle_last(record["num_frames"])))
+    record["motion_score"] = _round(motion.clip_score(record["start_s"], record["end_s"]))
+    if annotators.text is not None:
+        fractions = annotators.text(frames)
+        record["text_area"] = _round(clip_text_area(fractions))
+        record["text_area_frames"] = [_round(f) for f in fractions]
+    captions: dict[str, str] = {}
+    if raw.caption:
+        record["caption"] = raw.caption
+        captions["source"] = raw.caption
+    if annotators.captioner is not None:
+        captions[annotators.captioner.name] = annotators.captioner(frames[1])
+    record["captions"] = captions
+    if annotators.clip is not None:
+        scores = annotators.clip.score_clip(frames, list(captions.values()))
+        record["aesthetic"] = _round(scores.get("aesthetic"))
+        record["clip_similarity"] = _round(scores.get("clip_similarity"))
+    if "caption" not in record and captions:
+        record["caption"] = next(iter(captions.values()))
+    return thumbnail(frames[1])
+
+
+def _materialise(raw: RawVideo, tmpdir: str) -> str:
+    if raw.path is not None:
+        return raw.path
+    assert raw.data is not None
+    path = os.path.join(tmpdir, f"source.{raw.ext}")
+    with open(path, "wb") as f:
+        f.write(raw.data)
+    return path
+
+
+def curate_video(raw: RawVideo, annotators: Annotators) -> VideoOutcome:
+    """Cut and annotate one raw video. Never raises for bad input: see ``VideoOutcome.skips``."""
+    out = VideoOutcome()
+    if raw.problem is not None:
+        out.skip(raw, "unreadable", raw.problem)
+        return out
+    cfg = annotators.cfg
+    with tempfile.TemporaryDirectory(prefix="curate-") as tmpdir:
+        try:
+            path = _materialise(raw, tmpdir)
+            info = probe_video(path)
+            notes = list(notes_for(info))
+            out.notes.update(notes)
+            cascade = CutCascade(cfg.cuts)
+            motion = MotionTap(cfg.motion)
+            stats = scan_video(path, info, [*cascade.taps, motion], threads=cfg.decode_threads)
+            if stats.frames_decoded < 2:
+                reason = "undecodable" if stats.frames_decoded == 0 else "single_frame"
+                raise CurationSkip(reason, stats.error or f"{stats.frames_decoded} frame(s) decoded")
+            if not stats.complete:  # a truncated or damaged stream: the clips come from the part that decoded
+                out.notes["truncated"] += 1
+                notes.append("truncated")
+                log.warning("%s: decoding stopped after %d frames (%s)", raw.source, stats.frames_decoded, stats.error)
+            cuts = cascade.result(info)
+            points = copy_points(path)
+            keyframes = [points.times_s[i] for i in points.starts]
+            spans = plan_clips(
+                cuts, info, keyframes, cfg.clipping, frame_times=stats.frame_times_s, copy_ends=points.ends
+            )
+            if not spans:
+                scene_s = [round((b - a) / info.fps, 2) for a, b in cuts.scenes]
+                raise CurationSkip("no_clips", f"scenes of {scene_s} s, minimum {cfg.clipping.min_seconds} s")
+        except CurationSkip as e:
+            out.skip(raw, e.reason, e.detail)
+            return out
+        for i, span in enumerate(spans):
+            key = f"{raw.key}_{i:04d}"
+            clip_path = os.path.join(tmpdir, f"clip_{i:04d}.mp4")
+            try:
+                written = write_clip(path, span, clip_path, info=info, cfg=cfg.clipping)
+                if written.method == "reencode":
+                    out.notes["reencoded"] += 1
+                record = _clip_record(raw, key, i, span, info, written, notes)
+                thumb = _annotate_clip(annotators, record, clip_path, raw, motion)
+                record["source_meta"] = raw.source_meta
+                out.clips.append(Clip(key, Path(clip_path).read_bytes(), record, thumb))
+            except CurationSkip as e:
+                out.skip(raw, e.reason, f"clip {i}: {e.detail}")
+            except Exception as e:  # noqa: BLE001 - one bad clip must not stop the run; the reason is kept
+                last = traceback.format_exception_only(type(e), e)[-1].strip()
+                out.skip(raw, "annotator_error", f"clip {i}: {last}")
+    return out
+
+
+def clip_members(clip: Clip) -> dict[str, bytes]:
+    """The clip's members in the video2dataset layout (``KEY.mp4``, ``KEY.json``, ``KEY.txt``)."""
+    members = {"mp4": clip.mp4, "json": (json.dumps(clip.record, sort_keys=True) + "\n").encode("utf-8")}
+    caption = clip.record.get("caption")
+    if caption:
+        members["txt"] = caption.encode("utf-8")
+    return members
+
+
+def iter_clip_records(outcomes: Iterator[VideoOutcome]) -> Iterator[Clip]:
+    for outcome in outcomes:
+        yield from outcome.clips
