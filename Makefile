@@ -28,14 +28,17 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -m "not slow and not gpu"
 
-# The whole recipe on CPU in minutes: demo shards, the tiny autoencoder, Stages I, II, III (text-to-video and
-# image-to-video), then an image-to-video sample from the final export. Re-running resumes / reuses what exists.
+# The whole recipe on CPU in minutes: demo shards, the curation of the raw videos (cuts, motion, text, CLIP scores,
+# filters, report), the tiny autoencoder, Stages I, II (on the curated clips), III (text-to-video and image-to-video),
+# then an image-to-video sample from the final export. Re-running resumes / reuses what exists.
 DEMO_RUN := outputs/runs/demo
 demo: $(STAMP)
 	$(PY) scripts/make_demo_data.py --out outputs/demo_data
+	$(PY) -m data.curation experiment=demo input=outputs/demo_data/raw out=outputs/demo_data/curated
 	$(PY) -m train stage=autoencoder experiment=demo
 	$(PY) -m train stage=image_pretrain experiment=demo
-	$(PY) -m train stage=video_pretrain experiment=demo
+	$(PY) -m train stage=video_pretrain experiment=demo \
+		'data.sources.0.urls=[$${paths.data_root}/curated/subsets/pretrain/shards/*.tar]'
 	$(PY) -m train stage=video_finetune experiment=demo
 	$(PY) -m train stage=img2vid_finetune experiment=demo
 	$(PY) scripts/sample.py --export $(DEMO_RUN)/img2vid_finetune/export \
