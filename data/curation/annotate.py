@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import traceback
@@ -160,6 +161,9 @@ def curate_video(raw: RawVideo, annotators: Annotators) -> VideoOutcome:
         try:
             path = _materialise(raw, tmpdir)
             info = probe_video(path)
+            min_frames = math.ceil(cfg.clipping.min_seconds * info.fps - 1e-6)  # plan_clips' shortest clip
+            if info.num_frames < min_frames:
+                raise CurationSkip("too_short", f"{info.duration_s:.2f} s, minimum clip {cfg.clipping.min_seconds} s")
             notes = list(notes_for(info))
             out.notes.update(notes)
             cascade = CutCascade(cfg.cuts)
@@ -178,6 +182,8 @@ def curate_video(raw: RawVideo, annotators: Annotators) -> VideoOutcome:
             spans = plan_clips(
                 cuts, info, keyframes, cfg.clipping, frame_times=stats.frame_times_s, copy_ends=points.ends
             )
+            if not spans and stats.frames_decoded < min_frames:  # a cut-off file: too little of it decoded
+                raise CurationSkip("too_short", f"{stats.frames_decoded} frames decoded, minimum clip {min_frames}")
             if not spans:
                 scene_s = [round((b - a) / info.fps, 2) for a, b in cuts.scenes]
                 raise CurationSkip("no_clips", f"scenes of {scene_s} s, minimum {cfg.clipping.min_seconds} s")

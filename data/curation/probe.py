@@ -20,7 +20,8 @@ Definitions (all in display terms, what a player shows):
 - ``fps`` = (num_frames - 1) / (last - first presentation timestamp): the mean frame interval, exact for constant
   frame rate; ``duration_s`` = num_frames / fps. ``vfr`` is True when any interval between consecutive timestamps
   differs from the median by more than 10% (plus one tick of the stream's time base, so millisecond timestamps of a
-  29.97 fps webm do not count).
+  29.97 fps webm do not count). In a file with fewer packets than its header lists (cut inside its data), both
+  come from the packets before the last incomplete group of reordered frames.
 - ``rotation`` is the clockwise angle (0/90/180/270) a player turns the decoded frames by, as in the legacy
   ``rotate`` tag phones write; it comes from the display matrix FFmpeg attaches to decoded frames (the mp4 track
   header's matrix), falling back to the ``rotate`` tag. ``width``/``height`` are the display size (swapped for 90 /
@@ -160,6 +161,16 @@ def _is_vfr(pts: np.ndarray, median: float) -> bool:
     return bool(np.any(deviation > _VFR_TOLERANCE * median + 1))
 
 
+def _gapless_pts(index: PacketIndex) -> np.ndarray:
+    """Display-order timestamps of the longest decode-order prefix that holds exactly the earliest frames and is
+    followed by more packets. A file cut inside its data can end on a frame whose reordered neighbours (B-frames)
+    were lost: counting it would read a gap of several frames as a variable frame rate and lower the fps."""
+    pts = index.pts
+    closed = np.maximum.accumulate(pts)[:-1] < np.minimum.accumulate(pts[::-1])[::-1][1:]
+    ends = np.nonzero(closed)[0]
+    return np.sort(pts[: ends[-1] + 1]) if len(ends) and ends[-1] >= 1 else index.frame_pts
+
+
 def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
     """Probe ``path`` (see the module docstring); raises ``CurationSkip`` for inputs that cannot be curated."""
     with _open(path) as container:
@@ -173,11 +184,13 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
         if n == 1:
             raise CurationSkip("single_frame", "one frame: a still image in a video container")
         tb, pts = index.time_base, index.frame_pts
+        if n < (stream.frames or 0):  # cut off inside its data: rate and VFR from the frames read without a gap
+            pts = _gapless_pts(index)
         span = int(pts[-1] - pts[0])
         median = float(np.median(np.diff(pts)))
         if span <= 0 or median <= 0:
             raise CurationSkip("undecodable", f"{n} frames share one timestamp")
-        fps = (n - 1) / float(span * tb)
+        fps = (len(pts) - 1) / float(span * tb)
         rotation = _rotation(frame, stream)
         coded_w, coded_h = frame.width, frame.height
         width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)

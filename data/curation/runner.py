@@ -140,7 +140,9 @@ def run_annotate(cfg: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
     )
     results: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), desc=f"curate part {index}/{count}", unit="unit", disable=not progress)
-    if cfg.workers == 1 or len(todo) <= 1:
+    if not todo:
+        pass  # everything is done: no models to build
+    elif cfg.workers == 1 or len(todo) <= 1:
         _worker_init(cfg)
         for unit in todo:
             results.append(_worker_run(unit))
@@ -211,8 +213,8 @@ def run_merge(cfg: CurateConfig) -> dict[str, Any]:
         write_key_list(folder / "keys.txt", result.kept)
         entry: dict[str, Any] = {"kept": len(result.kept), "thresholds": result.thresholds, "counts": result.counts}
         if subset.write_shards:
-            written = write_subset_shards(
-                shards, set(result.kept), folder / "shards", samples_per_shard=subset.samples_per_shard
+            written = write_subset_shards(  # a re-run of the merge replaces its own earlier shards
+                shards, set(result.kept), folder / "shards", samples_per_shard=subset.samples_per_shard, overwrite=True
             )
             entry["shards"] = [os.path.relpath(p, out) for p in written]
         summary["subsets"][name] = entry
