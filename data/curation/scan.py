@@ -68,6 +68,9 @@ def target_size(info: VideoInfo, short_side: int | None) -> tuple[int, int]:
     return even(w), even(h)
 
 
+_PLANE_PATH_FACTOR = 12  # frames >= 12x the target size take the plane path (_from_planes): step >= 3
+
+
 class _Converter:
     """Frame -> (H, W, 3) uint8 RGB at one target size, display orientation."""
 
@@ -81,6 +84,9 @@ class _Converter:
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         if self.native:
             rgb = self._scaler.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        elif frame.format.name == "yuv420p" and min(frame.width, frame.height) >= _PLANE_PATH_FACTOR * min(self.coded):
+            # plane path: only where it samples sparsely (a 1280x720 frame for 32-px taps: 0.16 vs 0.42 ms)
+            rgb = self._from_planes(frame)
         else:
             cw, ch = self.coded
             small = self._scaler.reformat(frame, width=cw, height=ch, format="yuv420p", interpolation="AREA", threads=1)
@@ -89,6 +95,24 @@ class _Converter:
             rgb = np.ascontiguousarray(np.rot90(rgb, self.k))
         rgb.flags.writeable = False
         return rgb
+
+    def _from_planes(self, frame: av.VideoFrame) -> np.ndarray:
+        """Small frames straight from the decoder's planes: every ``step``-th sample of each plane (views, no copy),
+        then an area resize and one colour conversion. Costs a fraction of swscale's full-frame area filter, which
+        reads every pixel of an HD frame to make a 32-px one; the sparse sampling is a coarse low-pass that the
+        cut detectors and flow, working at 32-64 px, do not notice."""
+        cw, ch = self.coded
+        planes = []
+        for i, (pw, ph) in enumerate(((cw, ch), (cw // 2, ch // 2), (cw // 2, ch // 2))):
+            plane = frame.planes[i]
+            width, height = (frame.width, frame.height) if i == 0 else ((frame.width + 1) // 2, (frame.height + 1) // 2)
+            full = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, :width]
+            step = max(1, min(width // (4 * pw), height // (4 * ph)))  # keep >= 4 samples per output pixel
+            planes.append(
+                cv2.resize(np.ascontiguousarray(full[::step, ::step]), (pw, ph), interpolation=cv2.INTER_AREA)
+            )
+        i420 = np.concatenate([planes[0].reshape(-1), planes[1].reshape(-1), planes[2].reshape(-1)])
+        return cv2.cvtColor(i420.reshape(ch * 3 // 2, cw), cv2.COLOR_YUV2RGB_I420)
 
 
 class _Schedule:

@@ -38,7 +38,12 @@ def default_model_path() -> str:
 @dataclass(frozen=True)
 class TextAreaConfig:
     model_path: str | None = None  # None = the detector shipped with rapidocr_onnxruntime
-    short_side: int = 736  # frames are resized to this short side (rounded to a multiple of 32) before detection
+    # Frames are resized so the short side is min(short_side, max(the frame's own, min_short_side)), rounded to a
+    # multiple of 32: large frames shrink to short_side; frames are never enlarged beyond min_short_side (enlarging
+    # adds cost, not text). At 320 a 720p subtitle line (~5% of the height) is ~16 px tall, well inside what the
+    # detector finds, for ~25 ms a frame (480: ~55 ms, 736: ~135 ms); the filter targets large text areas.
+    short_side: int = 320
+    min_short_side: int = 320
     max_long_side: int = 2048  # caps the long side of very wide or tall frames
     thresh: float = 0.3  # probability threshold of the DB map
     box_thresh: float = 0.5  # minimum mean probability inside a box
@@ -48,10 +53,11 @@ class TextAreaConfig:
     intra_op_threads: int = 1
 
     def __post_init__(self) -> None:
-        if not 32 <= self.short_side <= self.max_long_side:
+        if not (32 <= self.short_side <= self.max_long_side and self.min_short_side >= 32):
             raise ValueError(
-                f"need 32 <= short_side <= max_long_side (the detector works on multiples of 32); got "
-                f"short_side={self.short_side}, max_long_side={self.max_long_side}"
+                f"need 32 <= short_side <= max_long_side and min_short_side >= 32 (the detector works on multiples "
+                f"of 32); got short_side={self.short_side}, max_long_side={self.max_long_side}, "
+                f"min_short_side={self.min_short_side}"
             )
         if not (0 < self.thresh < 1 and 0 < self.box_thresh < 1):
             raise ValueError(f"thresh and box_thresh must be in (0, 1); got {self.thresh}, {self.box_thresh}")
@@ -84,7 +90,8 @@ class TextAreaDetector:
     def _preprocess(self, frame: np.ndarray) -> np.ndarray:
         """(H, W, 3) RGB uint8 -> (1, 3, h32, w32) float32 BGR in [-1, 1], short side ~``cfg.short_side``."""
         h, w = frame.shape[:2]
-        scale = min(self.cfg.short_side / min(h, w), self.cfg.max_long_side / max(h, w))
+        target = min(self.cfg.short_side, max(min(h, w), self.cfg.min_short_side))
+        scale = min(target / min(h, w), self.cfg.max_long_side / max(h, w))
         size = (max(32, round(w * scale / 32) * 32), max(32, round(h * scale / 32) * 32))  # cv2: (width, height)
         interp = cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR
         bgr = cv2.cvtColor(cv2.resize(np.ascontiguousarray(frame), size, interpolation=interp), cv2.COLOR_RGB2BGR)

@@ -184,3 +184,17 @@ def test_cascade_on_forty_demo_raw_videos(demo_raw_video) -> None:
             if found:
                 problems[(seed, index)] = found
     assert not problems, problems
+
+
+@pytest.mark.parametrize("size", [(576, 320), pytest.param((1280, 720), marks=pytest.mark.slow)])
+def test_cascade_on_larger_videos(demo_raw_video, size) -> None:
+    """HD frames reach the every-frame 32-px detectors through the plane path (scan._from_planes)."""
+    problems = {}
+    for seed, index in [(0, 0), (1, 1), (2, 2)][: 3 if size[0] < 1000 else 2]:
+        raw = demo_raw_video(seed, index, size=size)
+        _, result = _cascade(raw.path)
+        _check_partition(result)
+        found = _problems(result, raw.meta["transitions"])
+        if found:
+            problems[(seed, index)] = found
+    assert not problems, problems

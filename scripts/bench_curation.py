@@ -1,0 +1,410 @@
+"""Benchmark the curation pipeline: clips/s per core of each annotator and of the whole ``curate_video``, against a
+plain decode of the same videos.
+
+Runs, video by video and in alternating order (so a load spike from another process hits both alike), all in one
+process pinned to ``--threads`` threads (torch, OpenCV, onnxruntime, the PyAV decoder):
+
+- ``decode``: PyAV decodes every frame of the video with the scan's decoder settings (``decode_threads``), and
+  nothing else: no conversion, no taps. The baseline; "the same frame rates" = every frame at the native rate.
+- ``curate``: ``data.curation.annotate.curate_video`` itself, instrumented from outside: the names it calls in its
+  module (``probe_video``, ``scan_video``, ``CutCascade``, ``copy_points``, ``plan_clips``, ``write_clip``,
+  ``read_frames``) and the built annotators (text detector, CLIP scorer, captioner) are swapped for timing wrappers
+  around the real objects for the length of the benchmark, so the real pipeline runs and each part is timed inside
+  it. Inside the single decode pass every tap is wrapped too, so its ``push`` time is known.
+
+Attribution (seconds, then clips/s per core = clips / (seconds * threads), video seconds/s per core likewise):
+
+- ``probe``: ``probe_video``;
+- ``cuts``: the decode pass (decode, frame conversions, every tap) minus the motion tap's ``push`` time, plus
+  ``CutCascade.result``; the motion tap's frames share their conversion with the 4-fps colour-histogram detector
+  (same rate and size), so the pass costs motion only its ``push``;
+- ``motion``: the ``MotionTap.push`` time (grey, resize, Farneback) inside the pass;
+- ``clipping``: ``copy_points`` + ``plan_clips`` + ``write_clip``; ``keyframes``: ``read_frames`` (first, middle,
+  last frame of each clip); ``text_area``, ``clip_scores``, ``captioner``: the annotators' calls;
+- ``pipeline``: ``curate_video``'s wall time minus CLIP scores and captions, i.e. cut detection + motion + text area
+  and what the pipeline needs to run them (probe, clipping, frame reads, records); ``full_pipeline``: the whole
+  ``curate_video`` wall time. The timing wrappers add about 1 us per tap call (< 0.5% of a frame's decode).
+
+Each figure is the median over ``--reps`` of each video's time, summed over the videos (a warm-up pass on the first
+video runs first). Prints ONE JSON line: the config, ``seconds``, ``clips_per_s_per_core``,
+``video_s_per_s_per_core`` (per stage), ``scan_seconds`` (the decode pass split into decode + conversions and each
+tap), ``pipeline_over_decode`` (the pipeline as defined above over the plain decode),
+``cuts_motion_text_over_decode`` (the issue's target, <= 2: the decode pass with the cut cascade and motion, plus
+the text area, over the plain decode), ``full_pipeline_over_decode``, ``scan_over_decode`` and the per-repetition
+``pipeline_over_decode_reps``.
+
+Usage: ``python scripts/bench_curation.py [--videos PATH ...] [--num-videos 3] [--size 720x1280] [--fps 24]
+[--scenes 3,5] [--scene-seconds 3,6] [--reps 3] [--threads 1] [--text-short-side N] [--clip-model tiny]
+[--clip-pretrained openai] [--aesthetic-head FILE] [--no-clip-scores] [--captioner none|coca]
+[--captioner-model tiny] [--captioner-pretrained TAG|FILE]``. Without ``--videos`` the raw videos are generated
+(``data.demo_data.plan_raw_video``: scenes joined by cuts, crossfades and fades, a low bitrate, so decoding is
+cheaper than on real footage and the per-clip annotators weigh relatively more). CLIP defaults to the tiny random
+model (nothing is downloaded); for the real cost pass ``--clip-model ViT-L-14 --clip-pretrained openai`` (or a file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+import data.curation.annotate as annotate
+from data.curation.annotate import Annotators, curate_video
+from data.curation.clip_scores import ClipScoreConfig
+from data.curation.config import AnnotateConfig
+from data.curation.cuts import DetectorTap, SignalTap
+from data.curation.errors import CurationSkip
+from data.curation.inputs import RawVideo, safe_name
+from data.curation.motion import MotionTap
+from data.curation.probe import VideoInfo, probe_video
+from data.curation.text_area import TextAreaConfig
+
+# curate_video's module-level names that are timed, and the stage each one's time goes to.
+TIMED_CALLS = {
+    "probe_video": "probe",
+    "copy_points": "clipping",
+    "plan_clips": "clipping",
+    "write_clip": "clipping",
+    "read_frames": "keyframes",
+}
+STAGES = ("decode", "probe", "cuts", "motion", "clipping", "keyframes", "text_area", "clip_scores", "captioner")
+TARGET = 2.0  # issue 6: cut detection + motion + text area at most 2x the plain decode
+
+
+def _pair(kind: Callable[[str], Any], sep: str) -> Callable[[str], tuple[Any, Any]]:
+    def parse(text: str) -> tuple[Any, Any]:
+        try:
+            a, b = (kind(v) for v in text.lower().split(sep))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected two values joined by {sep!r}, got {text!r}") from exc
+        return a, b
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--videos", nargs="+", type=Path, default=None, help="your own video files (default: generated)")
+    p.add_argument("--num-videos", type=int, default=3, help="generated raw videos")
+    p.add_argument(
+        "--size", type=_pair(int, "x"), default=(720, 1280), help="generated videos' HxW (720p: typical raw web video)"
+    )
+    p.add_argument("--fps", type=float, default=24.0, help="generated videos' frame rate")
+    p.add_argument("--scenes", type=_pair(int, ","), default=(3, 5), help="scenes per generated video: LO,HI")
+    p.add_argument("--scene-seconds", type=_pair(float, ","), default=(3.0, 6.0), help="scene length: LO,HI")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions (the median counts)")
+    p.add_argument("--threads", type=int, default=1, help="torch / OpenCV / onnxruntime / decoder threads")
+    p.add_argument("--text-short-side", type=int, default=None, help="text detector input (default: its 736)")
+    p.add_argument("--clip-model", default="tiny", help="open_clip model for CLIP scores, or 'tiny'")
+    p.add_argument("--clip-pretrained", default=None, help="hub tag or weights file (default: random weights)")
+    p.add_argument("--aesthetic-head", default=None, help="LAION aesthetic predictor file (default: none)")
+    p.add_argument("--no-clip-scores", dest="clip_scores", action="store_false")
+    p.add_argument("--captioner", choices=("none", "coca"), default="none")
+    p.add_argument("--captioner-model", default="tiny", help="open_clip CoCa model, or 'tiny'")
+    p.add_argument("--captioner-pretrained", default=None, help="hub tag or weights file (default: random weights)")
+    args = p.parse_args(argv)
+    if args.reps < 1 or args.threads < 1 or args.num_videos < 1:
+        p.error("need --reps >= 1, --threads >= 1 and --num-videos >= 1")
+    for path in args.videos or []:
+        if not path.is_file():
+            p.error(f"--videos: {path} is not a file")
+    return args
+
+
+def demo_videos(folder: Path, args: argparse.Namespace) -> list[RawVideo]:
+    """Generated raw videos with their captions (as a video2dataset shard would carry them)."""
+    from data.demo_data import plan_raw_video, sample_rng, write_video
+
+    height, width = args.size
+    videos = []
+    for i in range(args.num_videos):
+        plan = plan_raw_video(
+            sample_rng(args.seed, "raw", i), fps=args.fps, size=(width, height), num_scenes=args.scenes,
+            scene_seconds=args.scene_seconds,
+        )  # fmt: skip
+        path = folder / f"raw_{i:04d}.mp4"
+        meta = write_video(plan, path)
+        caption = "; then ".join(s["caption"] for s in meta["scenes"])
+        videos.append(RawVideo(key=path.stem, source=str(path), path=str(path), caption=caption))
+    return videos
+
+
+def plain_decode(path: str, threads: int) -> int:
+    """Decode every frame with the scan's decoder settings, converting nothing; returns the frame count."""
+    count = 0
+    with av.open(path, mode="r") as container:
+        stream = container.streams.video[0]
+        if threads != 1:
+            stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        for packet in container.demux(stream):  # the last (empty) packet flushes the decoder
+            count += len(packet.decode())
+    return count
+
+
+class StageClock:
+    """Seconds per stage, summed over calls until ``take()``."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+
+    def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - start
+
+        return timed
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = dict(self.seconds), defaultdict(float)
+        return out
+
+
+class TimedTap:
+    """A ``FrameTap`` forwarding to ``tap`` (and its optional ``begin``) that times each ``push`` as ``stage``."""
+
+    def __init__(self, tap: Any, stage: str, clock: StageClock) -> None:
+        self.tap, self.stage, self.clock = tap, stage, clock
+        self.fps, self.short_side = tap.fps, tap.short_side
+
+    def begin(self, info: VideoInfo) -> None:
+        begin = getattr(self.tap, "begin", None)
+        if callable(begin):
+            begin(info)
+
+    def push(self, index: int, time_s: float, frame: np.ndarray) -> None:
+        start = time.perf_counter()
+        self.tap.push(index, time_s, frame)
+        self.clock.seconds[self.stage] += time.perf_counter() - start
+
+
+def tap_stage(tap: Any) -> str:
+    if isinstance(tap, MotionTap):
+        return "motion"
+    if isinstance(tap, DetectorTap):
+        return f"tap:{tap.spec.name}"
+    return "tap:signal" if isinstance(tap, SignalTap) else f"tap:{type(tap).__name__}"
+
+
+@contextlib.contextmanager
+def instrumented(clock: StageClock) -> Iterator[None]:
+    """Swap the names ``curate_video`` calls for timing wrappers around the same objects; restored on exit."""
+    names = [*TIMED_CALLS, "scan_video", "CutCascade"]
+    missing = [n for n in names if not hasattr(annotate, n)]
+    if missing:
+        raise RuntimeError(f"data.curation.annotate no longer uses {missing}; update scripts/bench_curation.py")
+    saved = {n: getattr(annotate, n) for n in names}
+
+    def scan(path: Any, info: VideoInfo, taps: Any, **kwargs: Any) -> Any:
+        timed = [TimedTap(t, tap_stage(t), clock) for t in taps]
+        return clock.wrap("scan", saved["scan_video"])(path, info, timed, **kwargs)
+
+    class Cascade(saved["CutCascade"]):  # type: ignore[misc, valid-type]
+        def result(self, info: VideoInfo | None = None) -> Any:
+            return clock.wrap("cut_result", super().result)(info)
+
+    try:
+        for name, stage in TIMED_CALLS.items():
+            setattr(annotate, name, clock.wrap(stage, saved[name]))
+        annotate.scan_video, annotate.CutCascade = scan, Cascade  # type: ignore[assignment, misc]
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(annotate, name, value)
+
+
+class _TimedCall:
+    """An annotator (text detector, captioner) whose calls are timed; other attributes pass through."""
+
+    def __init__(self, inner: Any, stage: str, clock: StageClock) -> None:
+        self._inner, self._call = inner, clock.wrap(stage, inner)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._call(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _TimedScorer:
+    def __init__(self, inner: Any, clock: StageClock) -> None:
+        self.score_clip = clock.wrap("clip_scores", inner.score_clip)
+
+
+def build_annotators(args: argparse.Namespace, clock: StageClock) -> Annotators:
+    """The annotators ``curate_video`` uses, built from the arguments, with their calls timed by ``clock``."""
+    text = TextAreaConfig(intra_op_threads=args.threads)
+    if args.text_short_side is not None:
+        text = dataclasses.replace(text, short_side=args.text_short_side)
+    clip = ClipScoreConfig(model=args.clip_model, pretrained=args.clip_pretrained, aesthetic_head=args.aesthetic_head)
+    options = {"model": args.captioner_model, "pretrained": args.captioner_pretrained}
+    cfg = AnnotateConfig(
+        text=text, clip_scores=args.clip_scores, clip=clip, captioner=args.captioner,
+        captioner_options=options if args.captioner != "none" else {}, decode_threads=args.threads,
+    )  # fmt: skip
+    built = Annotators.build(cfg)
+    return Annotators(
+        cfg,
+        text=_TimedCall(built.text, "text_area", clock) if built.text else None,  # type: ignore[arg-type]
+        clip=_TimedScorer(built.clip, clock) if built.clip else None,  # type: ignore[arg-type]
+        captioner=_TimedCall(built.captioner, "captioner", clock) if built.captioner else None,  # type: ignore[arg-type]
+    )
+
+
+def one_curate(raw: RawVideo, annotators: Annotators, clock: StageClock) -> dict[str, float]:
+    """Seconds of each stage of one ``curate_video`` run (module docstring), plus ``clips``."""
+    clock.take()
+    start = time.perf_counter()
+    outcome = curate_video(raw, annotators)
+    total = time.perf_counter() - start
+    if outcome.skips:
+        print(f"bench_curation: {raw.source}: skipped {dict(outcome.skips)}", file=sys.stderr)
+    s = defaultdict(float, clock.take())
+    taps = {k: v for k, v in s.items() if k.startswith("tap:")}
+    run = {"full_pipeline": total, "clips": float(len(outcome.clips)), **taps}
+    run.update({k: s[k] for k in ("probe", "motion", "clipping", "keyframes", "text_area", "clip_scores")})
+    run.update(captioner=s["captioner"], scan=s["scan"], cut_result=s["cut_result"])
+    run["cuts"] = s["scan"] - s["motion"] + s["cut_result"]
+    run["decode_convert"] = s["scan"] - s["motion"] - sum(taps.values())
+    run["pipeline"] = total - s["clip_scores"] - s["captioner"]
+    known = ("probe", "scan", "cut_result", "clipping", "keyframes", "text_area", "clip_scores", "captioner")
+    run["other"] = total - sum(s[k] for k in known)
+    return run
+
+
+def measure(videos: list[RawVideo], annotators: Annotators, clock: StageClock, args: argparse.Namespace) -> Any:
+    """runs[rep][video] = the stages' seconds; decode and curate alternate which goes first."""
+    with instrumented(clock):
+        plain_decode(str(videos[0].path), args.threads)  # warm-up: models, onnxruntime arenas, swscale tables
+        one_curate(videos[0], annotators, clock)
+        runs: list[list[dict[str, float]]] = []
+        for rep in range(args.reps):
+            row = []
+            for i, raw in enumerate(videos):
+                run: dict[str, float] = {}
+                for name in ("decode", "curate") if (rep + i) % 2 == 0 else ("curate", "decode"):
+                    if name == "curate":
+                        run.update(one_curate(raw, annotators, clock))
+                    else:
+                        start = time.perf_counter()
+                        run["frames"] = float(plain_decode(str(raw.path), args.threads))
+                        run["decode"] = time.perf_counter() - start
+                row.append(run)
+            runs.append(row)
+            print(f"bench_curation: rep {rep + 1}/{args.reps} done", file=sys.stderr)
+    return runs
+
+
+def _sig(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else float(f"{x:.{digits}g}")
+
+
+def summarise(runs: list[list[dict[str, float]]], infos: list[VideoInfo], args: argparse.Namespace) -> dict[str, Any]:
+    keys = sorted({k for rep in runs for run in rep for k in run})
+    # per video: the median over repetitions; then summed over videos
+    total = {k: sum(statistics.median(rep[v].get(k, 0.0) for rep in runs) for v in range(len(infos))) for k in keys}
+    clips = int(total["clips"])
+    if any(rep[v]["clips"] != runs[0][v]["clips"] for rep in runs for v in range(len(infos))):
+        raise RuntimeError("curate_video gave different clips in different repetitions; it must be deterministic")
+    video_s = sum(i.duration_s for i in infos)
+    enabled = {"clip_scores": args.clip_scores, "captioner": args.captioner != "none"}
+    stages = [*STAGES, "pipeline", "full_pipeline"]
+    seconds = {k: _sig(total[k]) if enabled.get(k, True) else None for k in stages}
+    seconds.update({k: _sig(total[k]) for k in ("scan", "cut_result", "other")})
+
+    def rate(amount: float, k: str) -> float | None:
+        s = total[k] * args.threads
+        return _sig(amount / s) if enabled.get(k, True) and s > 0 else None
+
+    decode_reps = [sum(r["decode"] for r in rep) for rep in runs]
+    return {
+        "source": "generated" if args.videos is None else "files",
+        "videos": len(infos),
+        "video_seconds": round(video_s, 3),
+        "frames": int(total["frames"]),
+        "clips": clips,
+        "sizes_wh": sorted({f"{i.width}x{i.height}" for i in infos}),
+        "fps": sorted({round(i.fps, 3) for i in infos}),
+        "threads": args.threads,
+        "reps": args.reps,
+        "text_short_side": args.text_short_side or TextAreaConfig().short_side,
+        "clip_model": args.clip_model if args.clip_scores else None,
+        "captioner": args.captioner if args.captioner == "none" else f"coca:{args.captioner_model}",
+        "clips_per_s_per_core": {k: rate(clips, k) for k in stages},
+        "video_s_per_s_per_core": {k: rate(video_s, k) for k in stages},
+        "seconds": seconds,
+        "scan_seconds": {k: _sig(total[k]) for k in keys if k.startswith("tap:") or k in ("decode_convert", "motion")},
+        "pipeline_over_decode": _sig(total["pipeline"] / total["decode"]),
+        "cuts_motion_text_over_decode": _sig(
+            (total["scan"] + total["cut_result"] + total["text_area"]) / total["decode"]
+        ),
+        "full_pipeline_over_decode": _sig(total["full_pipeline"] / total["decode"]),
+        "scan_over_decode": _sig(total["scan"] / total["decode"]),
+        "pipeline_over_decode_reps": [
+            _sig(sum(r["pipeline"] for r in rep) / d) for rep, d in zip(runs, decode_reps, strict=True)
+        ],
+        "target_cuts_motion_text_over_decode": TARGET,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def bench(videos: list[RawVideo], args: argparse.Namespace) -> dict[str, Any]:
+    infos = []
+    for raw in videos:
+        try:
+            infos.append(probe_video(str(raw.path)))
+        except CurationSkip as e:
+            raise ValueError(f"{raw.source}: {e}; pass videos the curation can read") from e
+    clock = StageClock()
+    annotators = build_annotators(args, clock)
+    runs = measure(videos, annotators, clock, args)
+    for raw, info, run in zip(videos, infos, runs[0], strict=True):
+        if run["frames"] != info.num_frames:
+            print(f"bench_curation: {raw.source}: {run['frames']:.0f} of {info.num_frames} decode", file=sys.stderr)
+    return summarise(runs, infos, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import cv2
+    import torch
+
+    args = parse_args(argv)
+    threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_curation_") as tmp:
+            if args.videos:
+                videos = [RawVideo(key=safe_name(p.stem), source=str(p), path=str(p)) for p in args.videos]
+            else:
+                print(f"bench_curation: writing {args.num_videos} raw videos", file=sys.stderr)
+                videos = demo_videos(Path(tmp), args)
+            result = bench(videos, args)
+    finally:
+        torch.set_num_threads(threads[0])
+        cv2.setNumThreads(threads[1])
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
