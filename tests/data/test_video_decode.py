@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import io
-import math
 import os
 import tempfile
 import weakref
@@ -16,6 +15,7 @@ import torch
 from data.errors import BadSample
 from data.transforms import to_model_range
 from data.video_decode import ClipSpec, bmff_truncation, clip_indices, container_kind, decode_clip, stride_for
+from tests.data.curation.annot_fixtures import set_rotation
 
 SIZE = (32, 48)
 
@@ -294,41 +294,12 @@ def _mp4_of(frame: np.ndarray, *, num_frames: int = 4, with_audio: bool = False)
     return buf.getvalue()
 
 
-def _boxes(data: bytes, start: int, end: int) -> dict[bytes, tuple[int, int]]:
-    """The first box of each type in data[start:end]: type -> (payload start, end); trak boxes as b"trak<n>"."""
-    out, pos, n = {}, start, 0
-    while pos + 8 <= end:
-        size, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
-        if kind == b"trak":
-            kind, n = b"trak%d" % n, n + 1
-        out.setdefault(kind, (pos + 8, pos + size))
-        pos += size
-    return out
-
-
-def _set_rotation(data: bytes, degrees_cw: int) -> bytes:
-    """Write a phone-style display matrix (clockwise rotation) into the video track header."""
-    moov = _boxes(data, 0, len(data))[b"moov"]
-    for kind, (a, b) in _boxes(data, *moov).items():
-        if not kind.startswith(b"trak"):
-            continue
-        trak = _boxes(data, a, b)
-        hdlr = _boxes(data, *trak[b"mdia"])[b"hdlr"]
-        if data[hdlr[0] + 8 : hdlr[0] + 12] == b"vide":
-            at = trak[b"tkhd"][0] + (4 + 32 + 16 if data[trak[b"tkhd"][0]] == 1 else 4 + 20 + 16)
-            c, s = round(math.cos(math.radians(degrees_cw))), round(math.sin(math.radians(degrees_cw)))
-            values = [c << 16, s << 16, 0, -s << 16, c << 16, 0, 0, 0, 1 << 30]
-            patch = b"".join(v.to_bytes(4, "big", signed=True) for v in values)
-            return data[:at] + patch + data[at + 36 :]
-    raise AssertionError("no video track")
-
-
 @pytest.mark.parametrize("degrees", [0, 90, 180, 270])
 def test_rotation_metadata_gives_display_orientation(degrees):
     """Phone videos: decord applies the track's display matrix, so frames arrive as players show them."""
     frame = np.zeros((64, 96, 3), dtype=np.uint8)  # (H, W): white top-left quadrant on black
     frame[:32, :48] = 255
-    data = _set_rotation(_mp4_of(frame, with_audio=True), degrees)
+    data = set_rotation(_mp4_of(frame, with_audio=True), degrees)
     size = (64, 96) if degrees in (0, 180) else (96, 64)
     clip = decode_clip(data, ClipSpec(num_frames=2, size=size, start="center"))
     got = clip.frames[0].float().mean(0)  # (H, W) in display orientation

@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 
@@ -24,7 +23,7 @@ from data.curation.keyframes import read_frames
 from data.curation.runner import run
 from data.demo_data import write_demo_video, write_tar_shard
 from tests.data.curation.test_pipeline import curate_config, tree
-from tests.data.curation.video_fixtures import encode_frames, textured_frames
+from tests.data.curation.video_fixtures import encode_frames, textured_frames, write_audio_only
 
 SIZE = (128, 96)  # (width, height) of the usable videos
 # The skip each bad file must get (file name -> reason); the truncated shard adds one "undecodable".
@@ -53,16 +52,6 @@ def _two_scenes(n: int, size: tuple[int, int]) -> list[np.ndarray]:
     textures of equal brightness and colour are not a clear cut for the histogram-based cut detectors)."""
     second = [frame // 2 for frame in textured_frames(n, size=size, seed=1)[SCENE_FRAMES:]]
     return textured_frames(n, size=size, seed=0)[:SCENE_FRAMES] + second
-
-
-def _audio_only(path: Path) -> None:
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for i in range(8):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 def _truncated_shard(path: Path) -> None:
@@ -95,7 +84,7 @@ def write_bad_inputs(root: Path) -> tuple[Path, Path]:
     (folder / "empty.mp4").write_bytes(b"")
     (folder / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
     encode_frames(folder / "still.mp4", textured_frames(1, size=SIZE))
-    _audio_only(folder / "audio.mp4")
+    write_audio_only(folder / "audio.mp4")
     encode_frames(folder / "short.mp4", textured_frames(24, size=SIZE))
     # Two scenes each and a keyframe only at frame 0: the first scene is stream-copied, the second re-encoded.
     encode_frames(folder / "odd.mp4", _two_scenes(120, (127, 95)), pix_fmt="yuv444p", gop=250)

@@ -10,7 +10,7 @@ import pytest
 
 from data.curation.errors import CurationSkip
 from data.curation.probe import notes_for, packet_index, probe_video
-from tests.data.curation.video_fixtures import encode_frames, textured_frames
+from tests.data.curation.video_fixtures import encode_frames, textured_frames, write_audio_only
 
 
 def test_demo_raw_video_matches_its_metadata(demo_raw_video) -> None:
@@ -95,13 +95,7 @@ def test_mp4_cut_before_its_index_is_unreadable(tmp_path: Path) -> None:
 
 def test_audio_only_has_no_video_stream(tmp_path: Path) -> None:
     path = tmp_path / "audio.m4a"
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for i in range(8):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    write_audio_only(path)
     assert _skip_reason(path) == "no_video_stream"
 
 

@@ -63,3 +63,14 @@ def textured_frames(n: int, *, size: tuple[int, int] = (128, 96), seed: int = 0,
 
     big = (0.6 * blobs(8, 1) + 0.4 * blobs(32, 3)).astype(np.uint8)
     return [np.ascontiguousarray(big[:, i * step : i * step + width]) for i in range(n)]
+
+
+def write_audio_only(path: Path | str) -> None:
+    """An mp4 container with an AAC stream and no video stream."""
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
