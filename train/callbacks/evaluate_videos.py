@@ -10,37 +10,35 @@ The set is the same at every evaluation: each prompt (t2i, t2v) or conditioning 
   (``scripts/evaluate.py ucf101`` is the protocol).
 
 They go to every logger of the trainer (``log_metrics`` at the current step) and as one json row per evaluation to
-``<stage_dir>/eval_metrics.jsonl`` (kept apart from metrics.jsonl, whose rows are one per training batch). Only global
-rank 0 evaluates, as ``SampleVideos`` samples: use it with DDP or one device, not with sharded weights.
+``<stage_dir>/eval_metrics.jsonl`` (kept apart from metrics.jsonl, whose rows are one per training batch). The
+schedule, rank 0 and the EMA swap are ``train.callbacks.periodic``'s, as for ``SampleVideos``: use it with DDP or one
+device, not with sharded weights.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from train.callbacks.sample_videos import SAMPLING_ATTRS
-from train.conditioning import TASKS
+from train.callbacks.periodic import PeriodicSampling
 from train.evaluation.clip_metrics import ClipScorer, score_videos
 from train.evaluation.features import ClipVideoFeatures, I3DFeatures, VideoFeatureExtractor, accumulate_features
 from train.evaluation.frechet import frechet_distance
-from train.evaluation.generate import GenerationSettings, generate_video
 from train.evaluation.video_files import iter_shard_clips
-from train.media import read_image
 
 FEATURES = ("none", "i3d", "clip")
 EVAL_FILE = "eval_metrics.jsonl"
 
 
-class EvaluateVideos(pl.Callback):
+class EvaluateVideos(PeriodicSampling):
     """CLIP scores (and a Frechet distance to real clips) of a fixed generated set, logged during training."""
+
+    config_key = "logger.evaluation"
 
     def __init__(
         self,
@@ -65,21 +63,12 @@ class EvaluateVideos(pl.Callback):
         num_reference: int = 64,
         batch_size: int = 8,
     ) -> None:
-        super().__init__()
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps}; use a positive number of optimizer steps")
-        if videos_per_prompt < 1:
-            raise ValueError(f"videos_per_prompt={videos_per_prompt}; use at least 1")
-        if features not in FEATURES:
-            raise ValueError(f"features={features!r} is not valid; choose one of {', '.join(FEATURES)}")
-        if features == "i3d" and not i3d_path:
-            raise ValueError("features=i3d needs i3d_path: the protocol's TorchScript I3D file (i3d_torchscript.pt)")
-        if features != "none" and not reference:
-            raise ValueError(f"features={features} needs reference: shard specs of real clips to compare with")
-        self.every_n_steps = every_n_steps
-        self.prompts, self.images = list(prompts), [str(p) for p in images]
-        self.videos_per_prompt = videos_per_prompt
-        self.sampling = dict(
+        super().__init__(
+            every_n_steps,
+            prompts=prompts,
+            images=images,
+            seed=seed,
+            videos_per_prompt=videos_per_prompt,
             num_steps=num_steps,
             min_cfg=min_cfg,
             max_cfg=max_cfg,
@@ -88,41 +77,18 @@ class EvaluateVideos(pl.Callback):
             cond_aug=cond_aug,
             decode_chunk=decode_chunk,
         )
-        self.seed = seed
+        if features not in FEATURES:
+            raise ValueError(f"features={features!r} is not valid; choose one of {', '.join(FEATURES)}")
+        if features == "i3d" and not i3d_path:
+            raise ValueError("features=i3d needs i3d_path: the protocol's TorchScript I3D file (i3d_torchscript.pt)")
+        if features != "none" and not reference:
+            raise ValueError(f"features={features} needs reference: shard specs of real clips to compare with")
         self.clip_arch, self.clip_pretrained = clip_arch, clip_pretrained
         self.features, self.i3d_path = features, i3d_path
         self.reference, self.num_reference, self.batch_size = list(reference), num_reference, batch_size
         self._scorer: ClipScorer | None = None
         self._extractor: VideoFeatureExtractor | None = None
         self._reference_stats: tuple[Any, Any] | None = None
-        self._last_step = -1
-        self._warned: set[str] = set()
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            warnings.warn(message, stacklevel=2)
-            self._warned.add(key)
-
-    def _objective(self, pl_module: pl.LightningModule) -> Any | None:
-        objective = getattr(pl_module, "objective", None)
-        if getattr(objective, "task", None) not in TASKS or any(not hasattr(objective, a) for a in SAMPLING_ATTRS):
-            self._warn_once(
-                "objective",
-                f"EvaluateVideos does nothing: {type(objective).__name__} cannot sample; "
-                "remove logger.evaluation for this stage",
-            )
-            return None
-        return objective
-
-    def _requests(self, task: str) -> list[dict[str, Any]]:
-        if task == "i2v":
-            requests = [{"image": read_image(path)} for path in self.images]
-        else:
-            requests = [{"prompt": prompt} for prompt in self.prompts]
-        if not requests:
-            key = "images" if task == "i2v" else "prompts"
-            self._warn_once(key, f"EvaluateVideos has no {key} for the {task} task; set logger.evaluation.{key}")
-        return [{**r, "seed": self.seed + k} for r in requests for k in range(self.videos_per_prompt)]
 
     def _build(self, device: torch.device) -> None:
         if self._scorer is None:
@@ -168,36 +134,18 @@ class EvaluateVideos(pl.Callback):
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Generate the set, compute and log its metrics for the current step; returns them ({} off rank 0)."""
         step = trainer.global_step
-        self._last_step = step
-        if not trainer.is_global_zero:
+        samples = self._generate(trainer, pl_module)
+        if samples is None:
             return {}
-        objective = self._objective(pl_module)
-        requests = self._requests(objective.task) if objective is not None else []
-        if objective is None or not requests:
-            return {}
-        settings = GenerationSettings(
-            num_frames=objective.num_frames, height=objective.height, width=objective.width, **self.sampling
-        )
-        swap = getattr(pl_module, "ema_weights", None)
-        with swap() if swap is not None else nullcontext():
-            videos = [
-                generate_video(
-                    objective.model,
-                    objective.denoiser,
-                    task=objective.task,
-                    settings=settings,
-                    device=pl_module.device,
-                    **r,
-                )
-                for r in requests
-            ]
+        videos = [v.permute(0, 3, 1, 2).contiguous() for v in samples.videos]  # (T, H, W, 3) -> (T, 3, H, W)
         self._build(pl_module.device)
         assert self._scorer is not None
-        texts = [r["prompt"] for r in requests] if objective.task != "i2v" else None
-        images = [r["image"] for r in requests] if objective.task == "i2v" else None
+        i2v = samples.objective.task == "i2v"
+        texts = None if i2v else [r["prompt"] for r in samples.requests]
+        images = [r["image"] for r in samples.requests] if i2v else None
         scores = score_videos(self._scorer, videos, prompts=texts, images=images)
         metrics = {f"eval/{k}": v for k, v in scores.summary().items()}
-        metrics.update(self._frechet(videos, objective))
+        metrics.update(self._frechet(videos, samples.objective))
         self._log(trainer, pl_module, metrics, step=step)
         return metrics
 
@@ -211,14 +159,5 @@ class EvaluateVideos(pl.Callback):
             with open(Path(stage_dir) / EVAL_FILE, "a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        step = trainer.global_step
-        # global_step counts optimizer steps; with gradient accumulation several batches end on the same step.
-        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.evaluate(trainer, pl_module)

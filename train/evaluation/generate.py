@@ -1,5 +1,6 @@
-"""Generating evaluation videos with ``train.sampling.sample_video``: shared by ``scripts/evaluate.py`` and the
-``EvaluateVideos`` callback. Videos come back as uint8 ``(T, 3, H, W)``, the layout the metrics take."""
+"""Generating evaluation videos with ``train.sampling.sample_video`` for ``scripts/evaluate.py`` (the
+``EvaluateVideos`` callback samples through ``train/callbacks/periodic.py``). Videos come back as uint8
+``(T, 3, H, W)``, the layout the metrics take."""
 
 from __future__ import annotations
 

@@ -1,0 +1,142 @@
+"""The part ``SampleVideos`` and ``EvaluateVideos`` share: sampling the stage's objective on a schedule.
+
+A ``PeriodicSampling`` callback runs every ``every_n_steps`` optimizer steps and once more at the end of training
+(unless the last step already ran). Only global rank 0 samples, each prompt (t2i, t2v) or conditioning image (i2v)
+with the EMA weights swapped in when the module has them (``ema_weights``); ``sample_video`` puts the model in eval
+mode and restores it. With sharded strategies (FSDP, DeepSpeed ZeRO-3) rank 0 does not hold the full weights, so
+``train.run`` leaves these callbacks out under ``deepspeed_zero3``: use them with DDP or one device.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+
+from train.conditioning import TASKS
+from train.media import read_image
+from train.sampling import sample_video
+
+SAMPLING_ATTRS = ("model", "denoiser", "task", "num_frames", "height", "width")
+
+
+def ema_weights(pl_module: pl.LightningModule) -> AbstractContextManager[Any]:
+    """The module's ``ema_weights()`` swap when it has one, else a no-op."""
+    swap = getattr(pl_module, "ema_weights", None)
+    return swap() if swap is not None else nullcontext()
+
+
+@dataclass(frozen=True)
+class Samples:
+    """One round of sampling: the objective, the requests (``prompt`` or ``image``, and ``seed``) and the videos."""
+
+    objective: Any
+    requests: list[dict[str, Any]]
+    videos: list[torch.Tensor]  # uint8 (T, H, W, 3) on CPU, one per request
+
+
+class PeriodicSampling(pl.Callback):
+    """Sample ``prompts`` or ``images`` every ``every_n_steps`` optimizer steps and at the end; subclasses use them.
+
+    Each prompt or image is sampled ``videos_per_prompt`` times with seeds ``seed, seed + 1, ...``; ``sampling``
+    holds the other keyword arguments of ``train.sampling.sample_video`` (steps, guidance, micro-conditioning).
+    """
+
+    config_key: ClassVar[str]  # where the train config holds the settings, for the messages
+
+    def __init__(
+        self,
+        every_n_steps: int,
+        *,
+        prompts: Sequence[str],
+        images: Sequence[str],
+        seed: int,
+        videos_per_prompt: int = 1,
+        **sampling: Any,
+    ) -> None:
+        super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps}; use a positive number of optimizer steps")
+        if videos_per_prompt < 1:
+            raise ValueError(f"videos_per_prompt={videos_per_prompt}; use at least 1")
+        self.every_n_steps = every_n_steps
+        self.prompts, self.images = list(prompts), [str(p) for p in images]
+        self.seed, self.videos_per_prompt = seed, videos_per_prompt
+        self.sampling = sampling
+        self._last_step = -1
+        self._warned: set[str] = set()
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The scheduled work (it calls ``_generate``)."""
+        raise NotImplementedError
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            warnings.warn(message, stacklevel=2)
+            self._warned.add(key)
+
+    def _objective(self, pl_module: pl.LightningModule) -> Any | None:
+        objective = getattr(pl_module, "objective", None)
+        task = getattr(objective, "task", None)
+        if task not in TASKS or any(not hasattr(objective, a) for a in SAMPLING_ATTRS):
+            self._warn_once(
+                "objective",
+                f"{type(self).__name__} does nothing: the objective ({type(objective).__name__}, task {task!r}) "
+                f"cannot sample; it needs {', '.join(SAMPLING_ATTRS)} with a task in {TASKS}. "
+                f"Set {self.config_key}.every_n_steps=0 for this stage.",
+            )
+            return None
+        return objective
+
+    def _requests(self, task: str) -> list[dict[str, Any]]:
+        if task == "i2v":
+            requests = [{"image": read_image(path)} for path in self.images]
+        else:
+            requests = [{"prompt": prompt} for prompt in self.prompts]
+        if not requests:
+            key = "images" if task == "i2v" else "prompts"
+            self._warn_once(key, f"{type(self).__name__} has no {key} for the {task} task; set {self.config_key}.{key}")
+        return [{**r, "seed": self.seed + k} for r in requests for k in range(self.videos_per_prompt)]
+
+    def _generate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Samples | None:
+        """Mark the current step done and, on global rank 0, sample every request; None when there is nothing."""
+        self._last_step = trainer.global_step
+        if not trainer.is_global_zero:
+            return None
+        objective = self._objective(pl_module)
+        requests = self._requests(objective.task) if objective is not None else []
+        if objective is None or not requests:
+            return None
+        with ema_weights(pl_module):
+            videos = [
+                sample_video(
+                    objective.model,
+                    objective.denoiser,
+                    task=objective.task,
+                    num_frames=objective.num_frames,
+                    height=objective.height,
+                    width=objective.width,
+                    device=pl_module.device,
+                    **request,
+                    **self.sampling,
+                )
+                for request in requests
+            ]
+        return Samples(objective, requests, videos)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        # global_step counts optimizer steps; with gradient accumulation several batches end on the same step.
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self._run(trainer, pl_module)
