@@ -1,7 +1,8 @@
 """Why a raw video (or one of its clips) was skipped, and what was handled on the way; both are counted in the report.
 
 Skips drop the input; notes mark inputs that were used after a correction (a rotated phone video, a variable frame
-rate, an odd resolution, a clip that had to be re-encoded). Neither ever crashes a run.
+rate, an odd resolution, a clip that had to be re-encoded). Neither ever crashes a run. Skips and notes count
+videos, except ``reencoded`` (clips) and ``annotator_error`` (clips whose annotation failed).
 """
 
 from __future__ import annotations
