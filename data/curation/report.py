@@ -31,7 +31,8 @@ from PIL import Image, ImageDraw
 from data.curation.filters import FilterConfig, FilterResult, value_of
 
 SCORE_FIELDS = ("motion_score", "text_area", "aesthetic", "clip_similarity", "duration_s")
-_NOT_SCORES = frozenset({"start_s", "end_s"})  # positions in the source video, not properties of a clip
+# Positions in the source video and bookkeeping, not properties worth a histogram (unless a filter uses them).
+_NOT_SCORES = frozenset({"start_s", "end_s", "start_frame", "end_frame", "clip_index"})
 _CELL = (160, 96)  # contact sheet thumbnail box (width, height); the key label goes below
 _LABEL_H = 26
 _COLUMNS = 6
@@ -64,12 +65,15 @@ def _safe_name(name: str) -> str:
 
 def score_fields(records: Sequence[Mapping[str, Any]], cfg: FilterConfig) -> list[str]:
     """The numeric fields to plot: filter fields, known scores, other top-level numbers; only those some record has."""
+    filtered = {f.field for f in cfg.filters}
     names = [f.field for f in cfg.filters] + list(SCORE_FIELDS)
     for r in records:
         names += [k for k, v in r.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)]
     out: list[str] = []
     for name in names:
-        if name not in out and name not in _NOT_SCORES and any(value_of(r, name) is not None for r in records):
+        if name in out or (name in _NOT_SCORES and name not in filtered):
+            continue
+        if any(value_of(r, name) is not None for r in records):
             out.append(name)
     return out
 
