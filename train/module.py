@@ -188,13 +188,18 @@ class StageModule(pl.LightningModule):
         return bool(flag.item() > 0)
 
     def _grad_norm(self) -> torch.Tensor:
-        params = [p for _, p in self.trainable() if p.grad is not None]
+        """Our clipping's pre-clip norm; NaN while DeepSpeed clips (read ``_strategy_grad_norm`` after its step)."""
         if self.loop.clip_in_strategy:
-            engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
-            norm = engine.get_global_grad_norm() if engine is not None else None
-            return torch.tensor(float("nan") if norm is None else float(norm), device=self.device)
+            return torch.tensor(float("nan"), device=self.device)
+        params = [p for _, p in self.trainable() if p.grad is not None]
         max_norm = self.loop.gradient_clip_val if self.loop.gradient_clip_val else math.inf
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def _strategy_grad_norm(self) -> torch.Tensor:
+        """The global norm DeepSpeed computed in the optimizer step just taken (it sets it inside ``step``)."""
+        engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
+        norm = engine.get_global_grad_norm() if engine is not None else None
+        return torch.tensor(float("nan") if norm is None else float(norm), device=self.device)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         stream_info = batch.pop(STREAM_KEY, None)
@@ -218,6 +223,8 @@ class StageModule(pl.LightningModule):
             self._on_nonfinite(loss, index)
         else:
             opt.step()
+            if self.loop.clip_in_strategy:
+                grad_norm = self._strategy_grad_norm()
             opt.zero_grad(set_to_none=True)
             self.lr_schedulers().step()
             if self.ema is not None:

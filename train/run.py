@@ -37,6 +37,10 @@ def init_source(cfg: Any, *, from_stage: str | None, path: str | None, what: str
             )
         return weights
     if path:
+        from train.interop_diffusers import is_diffusers_folder
+
+        if is_diffusers_folder(path):  # init_weights reads and converts the whole pipeline folder
+            return Path(path)
         weights = resolve_weights_file(path)
         if not weights.exists():
             raise ValueError(f"{what.replace('from_stage', 'path')}={path}: no such checkpoint file or export folder")
