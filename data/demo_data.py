@@ -39,6 +39,7 @@ from data.demo_scenes import (
     speed_px_per_frame,
     text_area_fraction,
 )
+from data.shard_writer import atomic_write_bytes
 
 GENERATOR_VERSION = "2"
 Transition = Literal["cut", "crossfade", "fade_black"]
@@ -404,7 +405,5 @@ def write_demo_dataset(
         "counts": {"raw": num_raw_videos, "clips": num_clips, "images": num_images},
         "shards": {name: [p.relative_to(out).as_posix() for p in paths] for name, paths in shards.items()},
     }
-    tmp = out / f".manifest.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="ascii")
-    os.replace(tmp, out / "manifest.json")
+    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("ascii"))
     return manifest

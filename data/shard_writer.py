@@ -3,7 +3,8 @@
 ``ShardWriter`` streams records into ``NAME.tar`` under a temporary name and renames it on success, so a killed
 job never leaves a partial shard under its final name. A job that transforms shards one to one (the latent cache)
 writes ``NAME.tar.done`` after each finished shard; a re-run skips shards whose marker exists and redoes the
-others. ``output_names`` maps input shard urls to output names that keep their relative layout.
+others. ``atomic_write_bytes`` writes any other output file the same way (temporary name, then rename).
+``output_names`` maps input shard urls to output names that keep their relative layout.
 """
 
 from __future__ import annotations
@@ -25,12 +26,34 @@ TAR_MTIME = 1_700_000_000  # fixed member metadata so that the same records give
 DONE_SUFFIX = ".done"
 
 
+def _temp_path(path: Path) -> Path:
+    """A unique temporary name next to ``path`` (``.NAME.UUID.tmp``: hidden, and matched by ``.NAME.*.tmp``)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` under a temporary name in the same folder (created if missing), synced, then
+    renamed into place: a reader sees the old file or the whole new one, never a partial write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 class ShardWriter:
     """``with ShardWriter(path) as w: w.write(key, {"json": b"...", ...})``; renamed into place on a clean exit."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        self.tmp = _temp_path(self.path)
         self.count = 0
         self._file: Any = None
         self._tar: tarfile.TarFile | None = None
@@ -82,10 +105,7 @@ def is_done(path: str | os.PathLike[str]) -> bool:
 
 def mark_done(path: str | os.PathLike[str], summary: Mapping[str, Any]) -> None:
     """Write the marker (a json summary of the shard) atomically, after the shard itself is in place."""
-    marker = done_marker(path)
-    tmp = marker.with_name(f".{marker.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(dict(summary), sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, marker)
+    atomic_write_bytes(done_marker(path), (json.dumps(dict(summary), sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _pipe_shard_name(url: str) -> str:

@@ -109,12 +109,36 @@ def _resolve(path: str, base_dir: str | os.PathLike[str] | None) -> str:
     return os.path.join(base_dir, path)
 
 
-def _read_list_file(path: str) -> list[str]:
+def _text_lines(path: str | os.PathLike[str], missing: str) -> list[str]:
+    """The lines of a utf-8 text file; ValueError(``missing``) when it does not exist."""
     if not os.path.isfile(path):
-        raise ValueError(f"Shard list file {path!r} does not exist; write one shard spec per line or fix the path")
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+        raise ValueError(missing)
+    return Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def _read_list_file(path: str) -> list[str]:
+    lines = _text_lines(path, f"Shard list file {path!r} does not exist; write one shard spec per line or fix the path")
     specs = [line.split("#", 1)[0].strip() for line in lines]
     return expand_urls([s for s in specs if s], base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def write_key_list(path: str | os.PathLike[str], keys: Sequence[str]) -> Path:
+    """Write record keys one per line (in the given order), atomically: the subsets curation selects, read by
+    ``read_key_list`` (the stream's ``key_list``)."""
+    from data.shard_writer import atomic_write_bytes  # not at the top: data.shard_writer imports this module
+
+    bad = [k for k in keys if not k or k != k.strip() or "\n" in k or "\r" in k]
+    if bad:
+        raise ValueError(f"keys {bad[:3]!r} cannot go in a key list (empty, or with surrounding whitespace/newlines)")
+    path = Path(path)
+    atomic_write_bytes(path, "".join(f"{k}\n" for k in keys).encode("utf-8"))
+    return path
+
+
+def read_key_list(path: str | os.PathLike[str]) -> set[str]:
+    """The keys of a key list file (blank lines ignored)."""
+    lines = _text_lines(path, f"key list {os.fspath(path)!r} does not exist; write it with write_key_list")
+    return {line.strip() for line in lines if line.strip()}
 
 
 class DataSources:

@@ -62,10 +62,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data.batch import Sample
-from data.curation.filters import read_key_list
 from data.errors import BadSample
 from data.micro_cond import lookup
-from data.sources import DataSources, RawRecord, SourceSpec, assign_shards, iter_shard_records
+from data.sources import DataSources, RawRecord, SourceSpec, assign_shards, iter_shard_records, read_key_list
 from data.stream_state import STREAM_KEY, StreamStats
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ class StreamConfig:
     # (data/sample_decode.py needs json for videos only). Invalid json is always skipped before decode.
     require_json: bool = False
     warn_limit: int = 20  # per worker and reason, skips after this many are counted but not logged
-    # A file of record keys, one a line (data/curation/filters.py write_key_list): other records are skipped as
+    # A file of record keys, one a line (data/sources.py write_key_list): other records are skipped as
     # "filtered" before their json is parsed. Every worker holds the keys (~100 bytes each) in memory.
     key_list: str | None = None
 

@@ -171,8 +171,9 @@ def bmff_truncation(data: bytes) -> str | None:
 
 
 @functools.cache
-def _quiet_ffmpeg() -> None:
-    # ffmpeg prints a line for every bad file; the stream already reports each skip once with shard and key.
+def quiet_ffmpeg() -> None:
+    """Silence decord's FFmpeg log (once per process): it prints a line for every bad file, and the callers
+    already report each skipped input once, with its source."""
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -204,7 +205,8 @@ def keep_decode_buffers() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 * 2**20))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """``TypeName: last line of the message`` (at most 200 characters of it): one log line for a decoder error."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1][:200] if text else ''}"
 
@@ -226,7 +228,7 @@ def decode_clip(data: bytes, spec: ClipSpec, *, rng: np.random.Generator | None 
         raise BadSample("corrupt_video", f"truncated or malformed mp4: {problem}")
     import decord  # imported lazily: nothing at import time, and workers import it after fork
 
-    _quiet_ffmpeg()
+    quiet_ffmpeg()
     reader = None
     try:
         try:
@@ -235,7 +237,7 @@ def decode_clip(data: bytes, spec: ClipSpec, *, rng: np.random.Generator | None 
             num_available = len(reader)
             native_fps = float(reader.get_avg_fps())
         except Exception as exc:  # decord raises DECORDError, RuntimeError or others depending on where it fails
-            raise BadSample("corrupt_video", f"cannot open: {_first_line(exc)}") from exc
+            raise BadSample("corrupt_video", f"cannot open: {first_line(exc)}") from exc
         if num_available <= 0:
             raise BadSample("empty_video", "the video stream has no frames")
         if not (math.isfinite(native_fps) and native_fps > 0):
@@ -249,7 +251,7 @@ def decode_clip(data: bytes, spec: ClipSpec, *, rng: np.random.Generator | None 
             batch = from_dlpack(reader.get_batch(unique).to_dlpack())
         except Exception as exc:
             raise BadSample(
-                "corrupt_video", f"cannot decode frames {unique[0]}..{unique[-1]}: {_first_line(exc)}"
+                "corrupt_video", f"cannot decode frames {unique[0]}..{unique[-1]}: {first_line(exc)}"
             ) from exc
     finally:
         del reader

@@ -7,7 +7,7 @@ process pinned to ``--threads`` threads (torch, OpenCV, onnxruntime, the PyAV de
 - ``decode``: PyAV decodes every frame of the video with the scan's decoder settings (``decode_threads``), and
   nothing else: no conversion, no taps. The baseline; "the same frame rates" = every frame at the native rate.
 - ``curate``: ``data.curation.annotate.curate_video`` itself, instrumented from outside: the names it calls in its
-  module (``probe_video``, ``scan_video``, ``CutCascade``, ``copy_points``, ``plan_clips``, ``write_clip``,
+  module (``probe_video``, ``scan_video``, ``CutCascade``, ``copy_points_of``, ``plan_clips``, ``write_clip``,
   ``read_frames``) and the built annotators (text detector, CLIP scorer, captioner) are swapped for timing wrappers
   around the real objects for the length of the benchmark, so the real pipeline runs and each part is timed inside
   it. Inside the single decode pass every tap is wrapped too, so its ``push`` time is known.
@@ -19,7 +19,7 @@ Attribution (seconds, then clips/s per core = clips / (seconds * threads), video
   ``CutCascade.result``; the motion tap's frames share their conversion with the 4-fps colour-histogram detector
   (same rate and size), so the pass costs motion only its ``push``;
 - ``motion``: the ``MotionTap.push`` time (grey, resize, Farneback) inside the pass;
-- ``clipping``: ``copy_points`` + ``plan_clips`` + ``write_clip``; ``keyframes``: ``read_frames`` (first, middle,
+- ``clipping``: ``copy_points_of`` + ``plan_clips`` + ``write_clip``; ``keyframes``: ``read_frames`` (first, middle,
   last frame of each clip); ``text_area``, ``clip_scores``, ``captioner``: the annotators' calls;
 - ``pipeline``: ``curate_video``'s wall time minus CLIP scores and captions, i.e. cut detection + motion + text area
   and what the pipeline needs to run them (probe, clipping, frame reads, records); ``full_pipeline``: the whole
@@ -76,7 +76,8 @@ from data.curation.text_area import TextAreaConfig
 # curate_video's module-level names that are timed, and the stage each one's time goes to.
 TIMED_CALLS = {
     "probe_video": "probe",
-    "copy_points": "clipping",
+    "copy_points_of": "clipping",  # the copy points from the packets probe_video demuxed
+    "copy_points": "clipping",  # its fallback, which demuxes the file again
     "plan_clips": "clipping",
     "write_clip": "clipping",
     "read_frames": "keyframes",

@@ -11,6 +11,7 @@ Usage: ``python scripts/make_demo_data.py [--out outputs/demo_data] [--seed 0] [
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.demo_data import clip_first_frame, write_demo_dataset
+from data.shard_writer import atomic_write_bytes
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -60,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     for index in range(2, args.num_clips, 3)[:2]:  # the "fast" clips: conditioning images for I2V samples
         path = args.out / "conditioning" / f"clip_{index:05d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
         frame = clip_first_frame(args.seed, index, fps=args.fps, size=args.size)
-        Image.fromarray(frame).save(path.with_suffix(".tmp.png"))
-        path.with_suffix(".tmp.png").replace(path)
+        png = io.BytesIO()
+        Image.fromarray(frame).save(png, format="PNG")
+        atomic_write_bytes(path, png.getvalue())
         print(f"conditioning image: {path}")
     for name, shards in manifest["shards"].items():
         print(f"{name}: {manifest['counts'][name]} samples in {len(shards)} shards under {args.out / name}")

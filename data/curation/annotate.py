@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 import traceback
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +22,14 @@ import numpy as np
 
 from data.curation.captioner import Captioner, build_captioner
 from data.curation.clip_scores import ClipScorer
-from data.curation.clipping import ClipSpan, copy_points, plan_clips, write_clip
+from data.curation.clipping import ClipSpan, ClipWriteResult, copy_points, copy_points_of, plan_clips, write_clip
 from data.curation.config import AnnotateConfig
 from data.curation.cuts import CutCascade
 from data.curation.errors import CurationSkip
 from data.curation.inputs import RawVideo
 from data.curation.keyframes import first_middle_last, read_frames
 from data.curation.motion import MotionTap
-from data.curation.probe import VideoInfo, notes_for, probe_video
+from data.curation.probe import notes_for, probe_video
 from data.curation.scan import scan_video
 from data.curation.text_area import TextAreaDetector, clip_text_area
 
@@ -93,7 +91,7 @@ def _round(value: float | None, digits: int = 6) -> float | None:
 
 
 def _clip_record(
-    raw: RawVideo, key: str, index: int, span: ClipSpan, info: VideoInfo, written: Any, method_note: list[str]
+    raw: RawVideo, key: str, index: int, span: ClipSpan, written: ClipWriteResult, method_note: list[str]
 ) -> dict[str, Any]:
     return {
         "key": key,
@@ -161,7 +159,7 @@ def curate_video(raw: RawVideo, annotators: Annotators) -> VideoOutcome:
         try:
             path = _materialise(raw, tmpdir)
             info = probe_video(path)
-            min_frames = math.ceil(cfg.clipping.min_seconds * info.fps - 1e-6)  # plan_clips' shortest clip
+            min_frames = cfg.clipping.min_frames(info.fps)  # plan_clips' shortest clip
             if info.num_frames < min_frames:
                 raise CurationSkip("too_short", f"{info.duration_s:.2f} s, minimum clip {cfg.clipping.min_seconds} s")
             notes = list(notes_for(info))
@@ -177,7 +175,7 @@ def curate_video(raw: RawVideo, annotators: Annotators) -> VideoOutcome:
                 notes.append("truncated")
                 log.warning("%s: decoding stopped after %d frames (%s)", raw.source, stats.frames_decoded, stats.error)
             cuts = cascade.result(info)
-            points = copy_points(path)
+            points = copy_points(path) if info.packets is None else copy_points_of(info.packets)  # no second demux
             keyframes = [points.times_s[i] for i in points.starts]
             spans = plan_clips(
                 cuts, info, keyframes, cfg.clipping, frame_times=stats.frame_times_s, copy_ends=points.ends
@@ -197,7 +195,7 @@ def curate_video(raw: RawVideo, annotators: Annotators) -> VideoOutcome:
                 written = write_clip(path, span, clip_path, info=info, cfg=cfg.clipping)
                 if written.method == "reencode":
                     out.notes["reencoded"] += 1
-                record = _clip_record(raw, key, i, span, info, written, notes)
+                record = _clip_record(raw, key, i, span, written, notes)
                 thumb = _annotate_clip(annotators, record, clip_path, raw, motion)
                 record["source_meta"] = raw.source_meta
                 out.clips.append(Clip(key, Path(clip_path).read_bytes(), record, thumb))
@@ -216,8 +214,3 @@ def clip_members(clip: Clip) -> dict[str, bytes]:
     if caption:
         members["txt"] = caption.encode("utf-8")
     return members
-
-
-def iter_clip_records(outcomes: Iterator[VideoOutcome]) -> Iterator[Clip]:
-    for outcome in outcomes:
-        yield from outcome.clips

@@ -71,6 +71,10 @@ class ClipConfig:
         if self.mode not in ("auto", "copy", "reencode"):
             raise ValueError(f'mode must be "auto", "copy" or "reencode"; got {self.mode!r}')
 
+    def min_frames(self, fps: float) -> int:
+        """The shortest clip in frames at ``fps``: ``min_seconds`` rounded up (a float's rounding error aside)."""
+        return max(1, math.ceil(self.min_seconds * fps - 1e-6))
+
 
 @dataclass(frozen=True)
 class ClipSpan:
@@ -183,7 +187,7 @@ def plan_clips(
     # keyframe times -> frame indices (the frame at that time, within half a frame interval)
     keys = sorted({int(i) for i in np.searchsorted(times, np.asarray(keyframe_times) - 0.5 / info.fps) if i < n})
     ends = sorted(set(copy_ends) if copy_ends is not None else keys) + [n]
-    min_len = max(1, math.ceil(cfg.min_seconds * info.fps - 1e-6))
+    min_len = cfg.min_frames(info.fps)
     max_len = max(min_len, int(cfg.max_seconds * info.fps + 1e-6))
     trim = int(round(cfg.trim_seconds * info.fps))
     spans: list[ClipSpan] = []

@@ -1,5 +1,5 @@
-"""Score filters over the annotated clips (RECIPE section 6): percentile or absolute cuts, the funnel, key lists and
-subset shards.
+"""Score filters over the annotated clips (RECIPE section 6): percentile or absolute cuts, the funnel and subset
+shards (the kept keys are written with ``data.sources.write_key_list``).
 
 A filter (``FilterSpec``) reads one number per clip record at a dotted path (``data.micro_cond.lookup``; the derived
 field ``duration_s`` = ``end_s - start_s`` is computed when a record does not carry it) and keeps the clip when the
@@ -30,9 +30,9 @@ import math
 import numbers
 import os
 import re
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -256,44 +256,77 @@ def freeze_thresholds(cfg: FilterConfig, result: FilterResult) -> FilterConfig:
     return FilterConfig(tuple(specs), sequential=cfg.sequential)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_key_list(path: str | os.PathLike[str], keys: Sequence[str]) -> Path:
-    """Write ``keys`` one per line (in the given order), atomically."""
-    bad = [k for k in keys if not k or k != k.strip() or "\n" in k or "\r" in k]
-    if bad:
-        raise ValueError(f"keys {bad[:3]!r} cannot go in a key list (empty, or with surrounding whitespace/newlines)")
-    path = Path(path)
-    _atomic_write_text(path, "".join(f"{k}\n" for k in keys))
-    return path
-
-
-def read_key_list(path: str | os.PathLike[str]) -> set[str]:
-    """The keys of a key list file (blank lines ignored)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"key list {os.fspath(path)!r} does not exist; write it with write_key_list")
-    return {line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()}
-
-
 _SHARD_NAME = re.compile(r"\d{6}\.tar")
 
 
-def _selected(urls: Sequence[str], keys: set[str], found: set[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+@dataclass(frozen=True)
+class SubsetShards:
+    """One output of ``write_subsets``: the records whose key is in ``keys`` go to ``out_dir/000000.tar, ...``,
+    ``samples_per_shard`` per shard."""
+
+    keys: AbstractSet[str]
+    out_dir: str | os.PathLike[str]
+    samples_per_shard: int = 1000
+
+
+def _records(urls: Sequence[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
     for url in urls:
         for record in iter_shard_records(url):
-            key = str(record["__key__"])
-            if key in keys:
+            members = {ext: v for ext, v in record.items() if not ext.startswith("__")}
+            yield str(record["__key__"]), members  # type: ignore[misc]
+
+
+def write_subsets(
+    src_shards: Sequence[str], subsets: Sequence[SubsetShards], *, overwrite: bool = False
+) -> list[list[str]]:
+    """``write_subset_shards`` for several subsets at once: the source shards are read once and each record is
+    copied into every subset that keeps it. Returns the written paths of each subset, in the given order; every
+    subset's shards are the ones ``write_subset_shards`` alone would write."""
+    outs = [Path(s.out_dir) for s in subsets]
+    if len({os.path.abspath(o) for o in outs}) < len(outs):
+        raise ValueError(f"two subsets write to the same folder ({[os.fspath(o) for o in outs]}); give each its own")
+    for subset, out in zip(subsets, outs, strict=True):
+        if subset.samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be >= 1; got {subset.samples_per_shard}")
+        if not overwrite and out.is_dir() and any(out.glob("*.tar")):
+            raise ValueError(f"{out} already holds shards; choose an empty folder or pass overwrite=True")
+    routes: dict[str, list[int]] = {}
+    for i, subset in enumerate(subsets):
+        for key in subset.keys:
+            routes.setdefault(key, []).append(i)
+    written: list[list[str]] = [[] for _ in subsets]
+    found: set[str] = set()
+    open_: dict[int, ShardWriter] = {}  # subset -> its shard being filled; renamed into place once full or at the end
+
+    def close(i: int) -> None:
+        writer = open_.pop(i)
+        writer.__exit__(None, None, None)
+        written[i].append(os.fspath(writer.path))
+
+    try:
+        for key, members in _records(expand_urls(list(src_shards))):
+            for i in routes.get(key, ()):
                 found.add(key)
-                yield key, {ext: v for ext, v in record.items() if not ext.startswith("__")}  # type: ignore[misc]
+                if i not in open_:
+                    open_[i] = ShardWriter(outs[i] / f"{len(written[i]):06d}.tar").__enter__()
+                open_[i].write(key, members)
+                if open_[i].count >= subsets[i].samples_per_shard:
+                    close(i)
+        for i in sorted(open_):
+            close(i)
+    except BaseException as e:  # a damaged source shard: shards already complete stay, the open ones are dropped
+        for writer in open_.values():
+            writer.__exit__(type(e), e, e.__traceback__)
+        raise
+    for subset, out, paths in zip(subsets, outs, written, strict=True):
+        if overwrite:  # an earlier, larger subset's tail would be mixed in by a reader of out_dir/*.tar
+            for stale in sorted(out.glob("*.tar")):
+                if _SHARD_NAME.fullmatch(stale.name) and os.fspath(stale) not in paths:
+                    stale.unlink()
+        missing = len(subset.keys) - len(found & set(subset.keys))
+        if missing:
+            log.warning("%d of %d listed keys were not found in the source shards", missing, len(subset.keys))
+    return written
 
 
 def write_subset_shards(
@@ -309,25 +342,4 @@ def write_subset_shards(
     unchanged, in source order; returns the written paths. Source shards are shard specs (braces, globs, ``pipe:``)
     read in the given order; a damaged source shard raises ``data.errors.BadSample``. Each output shard is written
     atomically; ``overwrite=False`` refuses an ``out_dir`` that already holds ``.tar`` files."""
-    if samples_per_shard < 1:
-        raise ValueError(f"samples_per_shard must be >= 1; got {samples_per_shard}")
-    out = Path(out_dir)
-    if not overwrite and out.is_dir() and any(out.glob("*.tar")):
-        raise ValueError(f"{out} already holds shards; choose an empty folder or pass overwrite=True")
-    written: list[str] = []
-    found: set[str] = set()
-    records = _selected(expand_urls(list(src_shards)), keys, found)
-    item = next(records, None)
-    while item is not None:
-        with ShardWriter(out / f"{len(written):06d}.tar") as writer:  # renamed into place only on a clean exit
-            while item is not None and writer.count < samples_per_shard:
-                writer.write(*item)
-                item = next(records, None)
-        written.append(os.fspath(writer.path))
-    if overwrite:  # an earlier, larger subset's tail would be mixed in by a reader of out_dir/*.tar
-        for stale in sorted(out.glob("*.tar")):
-            if _SHARD_NAME.fullmatch(stale.name) and os.fspath(stale) not in written:
-                stale.unlink()
-    if len(found) < len(keys):
-        log.warning("%d of %d listed keys were not found in the source shards", len(keys) - len(found), len(keys))
-    return written
+    return write_subsets(src_shards, [SubsetShards(keys, out_dir, samples_per_shard)], overwrite=overwrite)[0]

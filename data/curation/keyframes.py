@@ -13,7 +13,6 @@ Frame indices count presented frames from 0, as decord and the clip's ``num_fram
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from data.curation.errors import CurationSkip
+from data.video_decode import first_line, quiet_ffmpeg
 
 Source = str | os.PathLike[str] | bytes
 
@@ -33,22 +33,10 @@ def first_middle_last(num_frames: int) -> tuple[int, int, int]:
     return 0, num_frames // 2, num_frames - 1
 
 
-@functools.cache
-def _quiet_decord() -> None:
-    import decord
-
-    decord.logging.set_level(decord.logging.QUIET)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[-1][:200] if lines else ''}"
-
-
 def _with_decord(source: Source, indices: list[int]) -> np.ndarray:
     import decord
 
-    _quiet_decord()
+    quiet_ffmpeg()
     src = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
     reader = decord.VideoReader(src, ctx=decord.cpu(0), num_threads=1)
     try:
@@ -99,7 +87,7 @@ def read_frames(
         try:
             frames = reader(source, idx)
         except Exception as exc:  # noqa: BLE001 - decord raises DECORDError/RuntimeError, PyAV its own errors
-            errors.append(f"{name}: {_first_line(exc)}")
+            errors.append(f"{name}: {first_line(exc)}")
             continue
         if frames.ndim == 4 and frames.shape[0] == len(idx) and frames.shape[-1] == 3 and frames.dtype == np.uint8:
             return frames

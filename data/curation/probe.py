@@ -31,16 +31,31 @@ Definitions (all in display terms, what a player shows):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
 import numpy as np
 
 from data.curation.errors import CurationSkip, NoteReason
+from data.video_decode import first_line
 
 _VFR_TOLERANCE = 0.1  # relative deviation of one frame interval from the median that makes a stream VFR
 _MAX_PROBE_PACKETS = 256  # packets tried for a first decoded frame before calling the stream undecodable
+
+
+@dataclass(frozen=True)
+class PacketIndex:
+    """The video stream's packets in decode (demux) order, from demuxing only: one frame each."""
+
+    pts: np.ndarray  # (N,) int64 presentation timestamps, decode order
+    keyframe: np.ndarray  # (N,) bool
+    time_base: Fraction
+
+    @property
+    def frame_pts(self) -> np.ndarray:
+        """Presentation timestamps in display order: frame i of the video has ``frame_pts[i]``."""
+        return np.sort(self.pts, kind="stable")
 
 
 @dataclass(frozen=True)
@@ -60,38 +75,21 @@ class VideoInfo:
     has_audio: bool
     time_base: Fraction = Fraction(1, 1)  # of the video stream's timestamps
     start_pts: int = 0  # first presentation timestamp, in time_base units
-
-
-@dataclass(frozen=True)
-class PacketIndex:
-    """The video stream's packets in decode (demux) order, from demuxing only: one frame each."""
-
-    pts: np.ndarray  # (N,) int64 presentation timestamps, decode order
-    keyframe: np.ndarray  # (N,) bool
-    time_base: Fraction
-
-    @property
-    def frame_pts(self) -> np.ndarray:
-        """Presentation timestamps in display order: frame i of the video has ``frame_pts[i]``."""
-        return np.sort(self.pts, kind="stable")
+    # The packets probing demuxed, kept so that clipping need not demux the file again (None: not known).
+    packets: PacketIndex | None = field(default=None, compare=False, repr=False)
 
 
 def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
     try:
         size = os.path.getsize(path)
     except OSError as exc:
-        raise CurationSkip("unreadable", _first_line(exc)) from exc
+        raise CurationSkip("unreadable", first_line(exc)) from exc
     if size == 0:
         raise CurationSkip("zero_length", "empty file")
     try:
         return av.open(os.fspath(path), mode="r")
     except (av.FFmpegError, UnicodeDecodeError) as exc:
-        raise CurationSkip("unreadable", _first_line(exc)) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1][:200] if text else ''}"
+        raise CurationSkip("unreadable", first_line(exc)) from exc
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
@@ -120,16 +118,16 @@ def _scan_packets(
                 try:
                     frames = packet.decode()
                 except av.FFmpegError as exc:
-                    error, frames = _first_line(exc), []
+                    error, frames = first_line(exc), []
                 frame = frames[0] if frames else None
     except av.FFmpegError as exc:
-        error = _first_line(exc)  # a file cut inside its data: the packets before the cut are still an index
+        error = first_line(exc)  # a file cut inside its data: the packets before the cut are still an index
     if decode_first and frame is None and pts:
         try:  # short streams: a frame-threaded decoder hands out its first frames only when flushed
             frames = stream.decode(None)
             frame = frames[0] if frames else None
         except av.FFmpegError as exc:
-            error = _first_line(exc)
+            error = first_line(exc)
     index = PacketIndex(np.asarray(pts, np.int64), np.asarray(key, bool), Fraction(stream.time_base or Fraction(1, 1)))
     return index, frame, f"{error} (after {tried} packets)"
 
@@ -208,6 +206,7 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
             has_audio=bool(container.streams.audio),
             time_base=tb,
             start_pts=int(pts[0]),
+            packets=index,
         )
 
 

@@ -18,7 +18,6 @@ import math
 import numbers
 import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from data.curation.filters import FilterConfig, FilterResult, value_of
+from data.shard_writer import atomic_write_bytes
 
 SCORE_FIELDS = ("motion_score", "text_area", "aesthetic", "clip_similarity", "duration_s")
 # Positions in the source video and bookkeeping, not properties worth a histogram (unless a filter uses them).
@@ -41,22 +41,11 @@ td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}td.n{text-align:righ
 figure{display:inline-block;margin:0.5em;vertical-align:top}"""
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _save_figure(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _safe_name(name: str) -> str:
@@ -232,7 +221,7 @@ def _sheets(
         buf = io.BytesIO()
         contact_sheet(items).save(buf, format="PNG")
         rel = f"plots/sheet_{i:02d}_{_safe_name(name)}.png"
-        _atomic_write_bytes(out / rel, buf.getvalue())
+        atomic_write_bytes(out / rel, buf.getvalue())
         parts.append(f"<h3>{_esc(title)} ({len(picked)} of {len(keys)})</h3>" + _img(rel, title))
     return "".join(parts)
 
@@ -271,5 +260,5 @@ def write_report(
     page = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{_CSS}</style>'
             f"</head><body>\n" + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
     path = out / "report.html"
-    _atomic_write_bytes(path, page.encode("utf-8"))
+    atomic_write_bytes(path, page.encode("utf-8"))
     return path

@@ -25,9 +25,8 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +37,10 @@ from data.curation.annotate import Annotators, VideoOutcome, clip_members, curat
 from data.curation.config import CurateConfig
 from data.curation.inputs import InputUnit, iter_videos, list_units, parse_part, units_of_part
 from data.errors import BadSample
-from data.shard_writer import ShardWriter, done_marker, is_done, mark_done
+from data.shard_writer import ShardWriter, atomic_write_bytes, is_done, mark_done
+from data.sources import write_key_list
 
 log = logging.getLogger("data.curation")
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def unit_paths(out: str | os.PathLike[str], unit: InputUnit) -> dict[str, Path]:
@@ -107,10 +93,10 @@ def annotate_unit(unit: InputUnit, annotators: Annotators, out: str) -> dict[str
         stats["clips"] = writer.count
     buf = io.BytesIO()
     np.savez(buf, **thumbs)  # type: ignore[arg-type]
-    _atomic_bytes(paths["thumbs"], buf.getvalue())
-    _atomic_bytes(paths["jsonl"], "".join(line + "\n" for line in lines).encode("utf-8"))
+    atomic_write_bytes(paths["thumbs"], buf.getvalue())
+    atomic_write_bytes(paths["jsonl"], "".join(line + "\n" for line in lines).encode("utf-8"))
     stats.update(skips=dict(sorted(skips.items())), notes=dict(sorted(notes.items())), problems=problems)
-    _atomic_bytes(paths["stats"], (json.dumps(stats, sort_keys=True, indent=1) + "\n").encode("utf-8"))
+    atomic_write_bytes(paths["stats"], (json.dumps(stats, sort_keys=True, indent=1) + "\n").encode("utf-8"))
     mark_done(paths["shard"], {k: stats[k] for k in ("unit", "videos", "clips", "skips")})
     return stats
 
@@ -180,24 +166,41 @@ def _read_records(cfg: CurateConfig, units: Sequence[InputUnit]) -> tuple[list[d
     return records, totals
 
 
-def _thumbnails(cfg: CurateConfig, units: Iterable[InputUnit]) -> dict[str, np.ndarray]:
-    thumbs: dict[str, np.ndarray] = {}
-    for unit in units:
-        with np.load(unit_paths(cfg.out, unit)["thumbs"]) as npz:
-            thumbs.update({k: npz[k] for k in npz.files})
-    return thumbs
+class Thumbnails(Mapping[str, np.ndarray]):
+    """Clip key -> middle-frame thumbnail, read from the units' ``.thumbs.npz`` only when asked for: the report
+    shows a few dozen of them, so the rest are never loaded. Only the archives' member lists are read up front;
+    each lookup opens its archive, reads that one member and closes it again."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self._where: dict[str, Path] = {}
+        for path in paths:
+            with np.load(path) as npz:  # an npz is a zip: listing its members reads no array
+                self._where.update(dict.fromkeys(npz.files, path))
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        with np.load(self._where[key]) as npz:
+            return npz[key]
+
+    def __contains__(self, key: object) -> bool:  # Mapping's default would load the array to answer
+        return key in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def run_merge(cfg: CurateConfig) -> dict[str, Any]:
     """Filter the annotated set into every configured subset, write the report and ``summary.json``."""
-    from data.curation.filters import apply_filters, write_key_list, write_subset_shards
+    from data.curation.filters import SubsetShards, apply_filters, write_subsets
     from data.curation.report import write_report
 
     units = list_units(list(cfg.input))
     records, totals = _read_records(cfg, units)
     out = Path(cfg.out)
-    _atomic_bytes(out / "annotations.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
-    shards = [str(unit_paths(cfg.out, u)["shard"]) for u in units]
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    atomic_write_bytes(out / "annotations.jsonl", lines.encode())
     summary: dict[str, Any] = {
         "videos": totals["videos"],
         "clips": len(records),
@@ -206,6 +209,7 @@ def run_merge(cfg: CurateConfig) -> dict[str, Any]:
         "subsets": {},
     }
     results = {}
+    to_write: dict[str, SubsetShards] = {}
     for name, subset in sorted(cfg.subsets.items()):
         result = apply_filters(records, subset.filters)
         results[name] = result
@@ -213,13 +217,15 @@ def run_merge(cfg: CurateConfig) -> dict[str, Any]:
         write_key_list(folder / "keys.txt", result.kept)
         entry: dict[str, Any] = {"kept": len(result.kept), "thresholds": result.thresholds, "counts": result.counts}
         if subset.write_shards:
-            written = write_subset_shards(  # a re-run of the merge replaces its own earlier shards
-                shards, set(result.kept), folder / "shards", samples_per_shard=subset.samples_per_shard, overwrite=True
-            )
-            entry["shards"] = [os.path.relpath(p, out) for p in written]
+            to_write[name] = SubsetShards(set(result.kept), folder / "shards", subset.samples_per_shard)
         summary["subsets"][name] = entry
+    if to_write:  # one pass over the clip shards for every subset; a re-run of the merge replaces its own shards
+        shards = [str(unit_paths(cfg.out, u)["shard"]) for u in units]
+        written = write_subsets(shards, list(to_write.values()), overwrite=True)
+        for name, paths in zip(to_write, written, strict=True):
+            summary["subsets"][name]["shards"] = [os.path.relpath(p, out) for p in paths]
     if cfg.report.enabled:
-        thumbs = _thumbnails(cfg, units)
+        thumbs = Thumbnails(unit_paths(cfg.out, u)["thumbs"] for u in units)
         stage_counts = {"raw videos": totals["videos"], "clips": len(records)}
         for name, result in results.items():
             stage_counts[f"kept ({name})"] = len(result.kept)
@@ -235,7 +241,7 @@ def run_merge(cfg: CurateConfig) -> dict[str, Any]:
                 thumbnails=thumbs,
                 title=f"{cfg.report.title}: {name}",
             )
-    _atomic_bytes(out / "summary.json", (json.dumps(summary, sort_keys=True, indent=1) + "\n").encode("utf-8"))
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, sort_keys=True, indent=1) + "\n").encode("utf-8"))
     return summary
 
 
@@ -249,11 +255,3 @@ def run(cfg: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
             raise ValueError("step=all runs the merge, which needs every part: use step=annotate for parts")
         result["merge"] = run_merge(cfg)
     return result
-
-
-def done_units(out: str, units: Sequence[InputUnit]) -> list[str]:
-    return [u.name for u in units if done_marker(unit_paths(out, u)["shard"]).is_file()]
-
-
-def stats_of(out: str, unit: InputUnit) -> Mapping[str, Any]:
-    return json.loads(unit_paths(out, unit)["stats"].read_text(encoding="utf-8"))

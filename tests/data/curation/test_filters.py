@@ -17,12 +17,10 @@ from data.curation.filters import (
     freeze_thresholds,
     high_quality_filters,
     pretraining_filters,
-    read_key_list,
     value_of,
-    write_key_list,
     write_subset_shards,
 )
-from data.sources import iter_shard_records
+from data.sources import iter_shard_records, read_key_list, write_key_list
 from data.stream import ShardStream, StreamConfig
 from tests.data.stream_fixtures import CountingDecode, keys, write_shards, write_tar
 
