@@ -24,14 +24,9 @@ import torch
 
 from data.video_decode import ClipSpec
 from train.conditioning import fps_to_fps_id
+from train.evaluation import ucf101 as u
 from train.evaluation.clip_metrics import ClipScorer, score_videos
-from train.evaluation.features import (
-    I3D_HELP,
-    ClipVideoFeatures,
-    I3DFeatures,
-    VideoFeatureExtractor,
-    accumulate_features,
-)
+from train.evaluation.features import I3D_HELP, VideoFeatureExtractor, accumulate_features, build_extractor, metric_name
 from train.evaluation.frechet import FeatureStats, frechet_distance, load_stats
 from train.evaluation.generate import GenerationSettings, generate_video, load_export_generator
 from train.evaluation.video_files import iter_file_clips, iter_shard_clips, iter_video_files, list_videos
@@ -41,8 +36,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def ucf_epilog() -> str:
-    from train.evaluation import ucf101 as u
-
     table = "\n".join(f"  {name:<14} {fvd:7.2f}" for name, fvd in u.PAPER_FVD.items())
     return (
         f"ucf101 protocol (SVD paper Tab. 2, App. E.4): {u.UCF_NUM_VIDEOS} videos in UCF-101's class distribution, "
@@ -99,15 +92,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ucf.add_argument("--export", type=Path, help="a text-to-video stage export (video_pretrain, video_finetune)")
     ucf.add_argument("--ucf-root", type=Path, required=True, help="UCF-101 folder: <root>/<ClassName>/v_*.avi")
-    ucf.add_argument("--num-videos", type=int, default=13320, help="generated videos (default 13320)")
-    ucf.add_argument("--num-reference", type=int, help="real videos (default: all, 13320)")
-    ucf.add_argument("--cfg", type=float, default=7.0, help="guidance scale, constant over frames (default 7)")
+    ucf.add_argument(
+        "--num-videos", type=int, default=u.UCF_NUM_VIDEOS, help=f"generated videos (default {u.UCF_NUM_VIDEOS})"
+    )
+    ucf.add_argument("--num-reference", type=int, help=f"real videos (default: all, {u.UCF_NUM_VIDEOS})")
+    ucf.add_argument(
+        "--cfg", type=float, default=u.UCF_CFG, help=f"guidance scale, constant over frames (default {u.UCF_CFG:g})"
+    )
     ucf.add_argument("--steps", type=int, default=25)
     ucf.add_argument("--prompt-template", default="{}", help="'{}' is replaced by the class name (default '{}')")
-    ucf.add_argument("--num-frames", type=int, default=16)
-    ucf.add_argument("--fps", type=float, default=25.0, help="conditions fps_id = fps - 1")
-    ucf.add_argument("--height", type=int, default=320)
-    ucf.add_argument("--width", type=int, default=576)
+    ucf.add_argument("--num-frames", type=int, default=u.UCF_NUM_FRAMES)
+    ucf.add_argument("--fps", type=float, default=u.UCF_FPS, help="conditions fps_id = fps - 1")
+    ucf.add_argument("--height", type=int, default=u.GENERATION_SIZE[0])
+    ucf.add_argument("--width", type=int, default=u.GENERATION_SIZE[1])
     ucf.add_argument("--motion-bucket-id", type=int, default=127)
     ucf.add_argument("--decode-chunk", type=int, default=14)
     ucf.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -130,15 +127,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_extractor(args: argparse.Namespace) -> VideoFeatureExtractor:
-    if args.i3d is not None:
-        return I3DFeatures(args.i3d, device=args.device, batch_size=args.batch_size)
-    scorer = ClipScorer.build(args.clip_arch, pretrained=args.clip_pretrained, device=args.device)
-    return ClipVideoFeatures(scorer, temporal_diff=args.features == "clip+diff")
-
-
-def metric_name(extractor: VideoFeatureExtractor) -> str:
-    return "fvd" if extractor.name == "i3d" else f"fd_{extractor.name.replace('+', '_')}"
+def extractor_from_args(args: argparse.Namespace) -> VideoFeatureExtractor:
+    return build_extractor(
+        "i3d" if args.i3d is not None else args.features,
+        i3d_path=args.i3d,
+        device=args.device,
+        batch_size=args.batch_size,
+        clip_arch=args.clip_arch,
+        clip_pretrained=args.clip_pretrained,
+    )
 
 
 def reference_stats(args: argparse.Namespace, extractor: VideoFeatureExtractor, videos: Any, **kw: Any):
@@ -176,7 +173,7 @@ def run_fvd(args: argparse.Namespace) -> dict[str, Any]:
     if first is None:
         raise ValueError("no generated videos: the generated set is empty")
     num_frames, size = int(first.shape[0]), (int(first.shape[2]), int(first.shape[3]))
-    extractor = build_extractor(args)
+    extractor = extractor_from_args(args)
     gen_stats = accumulate_features(
         extractor,
         itertools.chain([first], generated),
@@ -238,10 +235,11 @@ def run_clip(args: argparse.Namespace) -> dict[str, Any]:
     return {"mode": "clip", **scores.summary(), "num_videos": len(videos), "clip_arch": args.clip_arch}
 
 
-def ucf_generated_features(args: argparse.Namespace, plan: list, extractor: VideoFeatureExtractor) -> torch.Tensor:
-    """(len(plan), dim) features of the protocol's generated videos, generated with the --export model."""
-    from train.evaluation.ucf101 import iter_generated
-
+def ucf_generated_stats(
+    args: argparse.Namespace, plan: list, extractor: VideoFeatureExtractor, *, rows: list[torch.Tensor] | None = None
+) -> FeatureStats:
+    """Feature statistics of the protocol's generated videos, generated with the --export model; ``rows``, when
+    given, also receives the (B, dim) features of each batch (what ``--part`` saves)."""
     source = load_export_generator(args.export, device=args.device, dtype=DTYPES[args.dtype])
     if source.task != "t2v":
         raise ValueError(
@@ -271,17 +269,15 @@ def ucf_generated_features(args: argparse.Namespace, plan: list, extractor: Vide
             device=source.device,
         )
 
-    rows: list[torch.Tensor] = []
-    accumulate_features(
+    return accumulate_features(
         extractor,
-        iter_generated(make, plan),
+        u.iter_generated(make, plan),
         batch_size=args.batch_size,
         limit=len(plan),
         what="generated videos",
         progress=not args.quiet,
         rows=rows,
     )
-    return torch.cat(rows)
 
 
 def part_file(args: argparse.Namespace, extractor: VideoFeatureExtractor, k: int) -> Path:
@@ -301,18 +297,17 @@ def load_parts(args: argparse.Namespace, extractor: VideoFeatureExtractor) -> Fe
 
 
 def run_ucf101(args: argparse.Namespace) -> dict[str, Any]:
-    from train.evaluation import ucf101 as u
-
     videos = u.scan_ucf_folder(args.ucf_root)
     counts = u.class_counts(videos)
     plan = u.generation_plan(counts, num_videos=args.num_videos, seed=args.seed, template=args.prompt_template)
-    extractor = build_extractor(args)
+    extractor = extractor_from_args(args)
     if args.part is not None:
         mine = plan[args.part :: args.parts]
-        features = ucf_generated_features(args, mine, extractor)
+        rows: list[torch.Tensor] = []
+        ucf_generated_stats(args, mine, extractor, rows=rows)
         path = part_file(args, extractor, args.part)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, index=np.array([r.index for r in mine]), features=features.numpy())
+            np.savez(f, index=np.array([r.index for r in mine]), features=torch.cat(rows).numpy())
         return {
             "mode": "ucf101",
             "part": args.part,
@@ -323,8 +318,7 @@ def run_ucf101(args: argparse.Namespace) -> dict[str, Any]:
     if args.parts is not None:
         gen_stats = load_parts(args, extractor)
     else:
-        gen_stats = FeatureStats()
-        gen_stats.add(ucf_generated_features(args, plan, extractor))
+        gen_stats = ucf_generated_stats(args, plan, extractor)
     skipped: Counter[str] = Counter()
     spec = u.real_clip_spec(num_frames=args.num_frames, fps=args.fps, start=args.real_start, on_short=args.on_short)
     real = u.pick_reference(videos, args.num_reference, seed=args.seed)

@@ -4,6 +4,9 @@ A checkpoint is written to a temporary name in the same folder and renamed when 
 atomic on POSIX), so a kill during a save leaves the previous checkpoint intact and no half-written file under a
 real name. Files are ``step_<global step>.ckpt``; ``resume=auto`` takes the newest complete one. Loading uses
 ``weights_only=True``: a checkpoint holds tensors, numbers, strings and dicts, never pickled objects.
+
+``replace_path`` is the same idea for folders (DeepSpeed checkpoints, stage exports, diffusers pipelines), which
+cannot be renamed over an existing folder in one step: the old one is moved aside first and deleted last.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +23,43 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from models.checkpoints.safe_load import fsync_dir
+
 log = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"^step_(\d+)\.ckpt$")
 TMP_MARK = ".tmp-"
+OLD_MARK = ".old-"
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file, a link (not its target) or a folder tree; nothing when ``path`` does not exist."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def replace_path(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move the complete ``src`` (file or folder) to ``dst``, in the same folder, then fsync that folder.
+
+    A new ``dst`` is one atomic rename. An existing ``dst`` (folder, file or link) cannot be swapped atomically with
+    a folder, so it is renamed to ``<dst>.old-<token>`` first and deleted only after ``src`` has taken its name: at
+    every instant a complete copy exists under ``dst`` or ``<dst>.old-*``.
+    """
+    src_path, dst_path = Path(src), Path(dst)
+    if not src_path.exists():
+        raise FileNotFoundError(
+            f"{src_path} (to rename to {dst_path.name}) does not exist; was it written on this filesystem?"
+        )
+    if not (dst_path.exists() or dst_path.is_symlink()):
+        os.replace(src_path, dst_path)
+    else:
+        aside = dst_path.with_name(f"{dst_path.name}{OLD_MARK}{uuid.uuid4().hex[:8]}")
+        os.replace(dst_path, aside)
+        os.replace(src_path, dst_path)
+        remove_path(aside)
+    fsync_dir(dst_path.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -89,7 +126,7 @@ class PeriodicCheckpoint(pl.Callback):
         self._last_saved = step
         if trainer.is_global_zero:
             for old in list_checkpoints(self.folder)[: -self.keep]:
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
+                remove_path(old)
         return path
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:

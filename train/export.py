@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models.checkpoints import load_state_dict, save_state_dict
+from train.checkpointing import TMP_MARK, replace_path
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -38,17 +39,13 @@ def write_export(
     folder: Path, state_dict: Mapping[str, torch.Tensor], *, config: DictConfig, meta: Mapping[str, Any]
 ) -> Path:
     folder = Path(folder)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    tmp = folder.with_name(f"{folder.name}{TMP_MARK}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_state_dict(state_dict, tmp / MODEL_FILE, metadata={"stage": str(meta.get("stage", ""))})
     (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(config, resolve=True))
     (tmp / META_FILE).write_text(json.dumps(dict(meta), indent=2) + "\n")
-    old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_path(tmp, folder)
     return folder
 
 

@@ -32,6 +32,7 @@ from models.checkpoints.diffusers_pipeline import (
     from_diffusers_pipeline,
     to_diffusers_pipeline,
 )
+from train.checkpointing import TMP_MARK, replace_path
 from train.sampling import PRESETS
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def write_diffusers_folder(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f".{out.name}{TMP_MARK}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -95,13 +96,9 @@ def write_diffusers_folder(
                     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
                 save_state_dict(weights, folder / f"{_WEIGHTS[component.library]}.safetensors")
         (tmp / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            if not overwrite:  # appeared while we were writing
-                raise FileExistsError(f"{out} appeared while writing; pass overwrite=True to replace it")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        if out.exists() and not overwrite:  # appeared while we were writing
+            raise FileExistsError(f"{out} appeared while writing; pass overwrite=True to replace it")
+        replace_path(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -32,15 +31,13 @@ import torch
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 from pytorch_lightning.utilities import rank_zero_warn
 
-from models.checkpoints.safe_load import fsync_dir
+from train.checkpointing import OLD_MARK, TMP_MARK, remove_path, replace_path
 
 StrategyName = Literal["auto", "ddp", "deepspeed_zero2", "deepspeed_zero3"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 DEEPSPEED_STAGES: dict[str, int] = {"deepspeed_zero2": 2, "deepspeed_zero3": 3}
 DEEPSPEED_PRECISIONS: tuple[str, ...] = ("bf16-mixed", "bf16-true", "16-mixed", "32-true")
 CUDA_ACCELERATORS: tuple[str, ...] = ("gpu", "cuda")
-TMP_MARKER = ".tmp-"
-OLD_MARKER = ".old-"
 _INSTALL_HINT = "install it with pip install '.[deepspeed]' (or pip install deepspeed)"
 # Lightning >= 2.1 hands the LightningModule itself to DeepSpeed; older checkpoints carry the wrapper's prefix.
 _WRAPPER_PREFIX = "_forward_module."
@@ -200,17 +197,10 @@ def build_strategy(
     return AtomicDeepSpeedStrategy(config=config, timeout=timeout)
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
-
-
 def tmp_checkpoint_path(filepath: str | os.PathLike[str], token: str) -> Path:
     """Where a checkpoint for ``filepath`` is written before it is complete: ``<filepath>.tmp-<token>``."""
     path = Path(filepath)
-    return path.with_name(f"{path.name}{TMP_MARKER}{token}")
+    return path.with_name(f"{path.name}{TMP_MARK}{token}")
 
 
 def remove_stale_tmp_checkpoints(filepath: str | os.PathLike[str]) -> list[Path]:
@@ -222,32 +212,12 @@ def remove_stale_tmp_checkpoints(filepath: str | os.PathLike[str]) -> list[Path]
     path = Path(filepath)
     if not path.parent.is_dir():
         return []
-    stale = sorted(path.parent.glob(f"{path.name}{TMP_MARKER}*"))
+    stale = sorted(path.parent.glob(f"{path.name}{TMP_MARK}*"))
     if path.exists():
-        stale += sorted(path.parent.glob(f"{path.name}{OLD_MARKER}*"))
+        stale += sorted(path.parent.glob(f"{path.name}{OLD_MARK}*"))
     for item in stale:
-        _remove(item)
+        remove_path(item)
     return stale
-
-
-def replace_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Move the complete checkpoint ``src`` (file or folder) to ``dst``.
-
-    A new ``dst`` is one atomic rename. An existing ``dst`` (folder, file or link) cannot be swapped atomically with
-    a folder, so it is renamed to ``<dst>.old-<token>`` first and deleted only after ``src`` has taken its name: at
-    every instant a complete checkpoint exists under ``dst`` or ``<dst>.old-*``.
-    """
-    src_path, dst_path = Path(src), Path(dst)
-    if not src_path.exists():
-        raise FileNotFoundError(f"checkpoint to rename {src_path} does not exist; was it written on this filesystem?")
-    if not (dst_path.exists() or dst_path.is_symlink()):
-        os.replace(src_path, dst_path)
-    else:
-        aside = dst_path.with_name(f"{dst_path.name}{OLD_MARKER}{uuid.uuid4().hex[:8]}")
-        os.replace(dst_path, aside)
-        os.replace(src_path, dst_path)
-        _remove(aside)
-    fsync_dir(dst_path.parent)
 
 
 class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
@@ -268,7 +238,7 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
         # Every rank has written its shards (DeepSpeed also ends its save with a barrier; this one is ours to rely on).
         self.barrier("atomic_deepspeed_save_written")
         if self.is_global_zero:
-            replace_checkpoint(tmp, final)
+            replace_path(tmp, final)
         # No rank may read, remove or overwrite the checkpoint before it has its final name.
         self.barrier("atomic_deepspeed_save_renamed")
 
@@ -292,7 +262,7 @@ def consolidate_deepspeed_checkpoint(
     if tag is None and not (path / "latest").is_file():
         raise ValueError(
             f"{path} has no 'latest' file naming the checkpoint tag; pass tag= (Lightning uses 'checkpoint'), or "
-            f"check that the save completed (a '{TMP_MARKER}*' folder is an interrupted save)"
+            f"check that the save completed (a '{TMP_MARK}*' folder is an interrupted save)"
         )
     zero_to_fp32 = _import_deepspeed("consolidating a DeepSpeed checkpoint", "deepspeed.utils.zero_to_fp32")
     state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)

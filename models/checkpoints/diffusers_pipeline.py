@@ -63,6 +63,7 @@ from ..conditioners import (
     tiny_open_clip_config,
 )
 from ..conditioners.open_clip_image import CLIP_MEAN, CLIP_STD
+from ..latent_diffusion import FIRST_STAGE_PREFIX, UNET_PREFIX
 from ..unet import TemporalSpec, UNetSpec, tiny_unet_spec
 from ..vae import (
     LATENT_SCALE_FACTOR,
@@ -79,7 +80,6 @@ from .official import CheckpointSizes
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
 CLIP_INPUT_SIZE = 224  # the pipeline resizes PIL images to 224 x 224, whatever the tower's size
-UNET_PREFIX, FIRST_STAGE_PREFIX = "model.diffusion_model.", "first_stage_model."
 # The official (svd.yaml) conditioner order, which import writes.
 CLIP_EMBEDDER = f"conditioner.embedders.{SVD_INPUT_KEYS.index('cond_frames_without_noise')}."
 CONCAT_EMBEDDER = f"conditioner.embedders.{SVD_INPUT_KEYS.index('cond_frames')}."

@@ -63,19 +63,20 @@ def build_open_clip(
     arch: str | Mapping[str, Any],
     *,
     pretrained: str | None = None,
-    drop_tower: Literal["visual", "text"],
+    drop_tower: Literal["visual", "text"] | None,
 ) -> nn.Module:
-    """An open_clip ``CLIP`` with one tower removed, as the official embedders do.
+    """An open_clip ``CLIP``, with one tower removed as the official embedders do, or with both.
 
     ``drop_tower="text"`` deletes ``model.transformer`` (the image embedder keeps the text leftovers
     ``token_embedding``, ``positional_embedding``, ``ln_final``, ``text_projection``, ``logit_scale``, exactly as
     ``FrozenOpenCLIPImageEmbedder`` does); ``drop_tower="visual"`` deletes ``model.visual`` (SD 2.1's
     ``FrozenOpenCLIPEmbedder``). The non-persistent ``attn_mask`` buffer stays and is not in the state dict.
+    ``drop_tower=None`` keeps both towers (CLIP scores of generated videos, ``train.evaluation.clip_metrics``).
 
     With ``pretrained=None`` nothing is downloaded and the model can be built under ``torch.device("meta")``.
     """
-    if drop_tower not in ("visual", "text"):
-        raise ValueError(f"drop_tower={drop_tower!r}; choose 'visual' or 'text'")
+    if drop_tower not in ("visual", "text", None):
+        raise ValueError(f"drop_tower={drop_tower!r}; choose 'visual', 'text' or None (keep both towers)")
     import open_clip
     from open_clip.model import CLIP
 
@@ -95,7 +96,7 @@ def build_open_clip(
         )
     if drop_tower == "text":
         del model.transformer
-    else:
+    elif drop_tower == "visual":
         del model.visual
     return model
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from pytorch_lightning.strategies import DDPStrategy
 
+from train.checkpointing import replace_path
 from train.strategies import (
     STRATEGY_NAMES,
     AtomicDeepSpeedStrategy,
@@ -19,7 +20,6 @@ from train.strategies import (
     consolidate_deepspeed_checkpoint,
     deepspeed_config,
     remove_stale_tmp_checkpoints,
-    replace_checkpoint,
     strategy_clips_gradients,
     tmp_checkpoint_path,
 )
@@ -152,12 +152,12 @@ def test_replace_checkpoint_new_and_existing(tmp_path: Path) -> None:
     tmp = tmp_checkpoint_path(final, "a1")
     assert tmp.name == "last.ckpt.tmp-a1"
     _write_ckpt(tmp, "one")
-    replace_checkpoint(tmp, final)
+    replace_path(tmp, final)
     assert _content(final) == "one" and not tmp.exists()
 
     tmp = tmp_checkpoint_path(final, "b2")
     _write_ckpt(tmp, "two")
-    replace_checkpoint(tmp, final)
+    replace_path(tmp, final)
     assert _content(final) == "two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
@@ -167,7 +167,7 @@ def test_replace_checkpoint_over_a_file_or_link(tmp_path: Path) -> None:
     final.write_text("single-file checkpoint")
     tmp = tmp_checkpoint_path(final, "c3")
     _write_ckpt(tmp, "dir")
-    replace_checkpoint(tmp, final)
+    replace_path(tmp, final)
     assert _content(final) == "dir"
 
     target = tmp_path / "epoch=0.ckpt"
@@ -176,14 +176,14 @@ def test_replace_checkpoint_over_a_file_or_link(tmp_path: Path) -> None:
     link.symlink_to(target)
     tmp = tmp_checkpoint_path(link, "d4")
     _write_ckpt(tmp, "new")
-    replace_checkpoint(tmp, link)
+    replace_path(tmp, link)
     assert not link.is_symlink() and _content(link) == "new"
     assert _content(target) == "target"
 
 
 def test_replace_checkpoint_missing_source(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        replace_checkpoint(tmp_path / "x.tmp-1", tmp_path / "x")
+        replace_path(tmp_path / "x.tmp-1", tmp_path / "x")
 
 
 def test_remove_stale_tmp_checkpoints(tmp_path: Path) -> None:

@@ -26,9 +26,15 @@ import pytorch_lightning as pl
 import torch
 
 from train.callbacks.periodic import PeriodicSampling
-from train.evaluation.clip_metrics import ClipScorer, score_videos
-from train.evaluation.features import ClipVideoFeatures, I3DFeatures, VideoFeatureExtractor, accumulate_features
-from train.evaluation.frechet import frechet_distance
+from train.evaluation.clip_metrics import ClipScorer, embed_videos, score_frame_embeddings
+from train.evaluation.features import (
+    ClipVideoFeatures,
+    VideoFeatureExtractor,
+    accumulate_features,
+    build_extractor,
+    metric_name,
+)
+from train.evaluation.frechet import FeatureStats, frechet_distance
 from train.evaluation.video_files import iter_shard_clips
 
 FEATURES = ("none", "i3d", "clip")
@@ -99,13 +105,14 @@ class EvaluateVideos(PeriodicSampling):
                     "and its scores mean nothing; give an open_clip tag or weights file",
                 )
             self._scorer = ClipScorer.build(self.clip_arch, pretrained=self.clip_pretrained, device=device)
-        if self._extractor is None and self.features == "i3d":
-            assert self.i3d_path is not None
-            self._extractor = I3DFeatures(self.i3d_path, device=device, batch_size=self.batch_size)
-        elif self._extractor is None and self.features == "clip":
-            self._extractor = ClipVideoFeatures(self._scorer)
+        if self._extractor is None and self.features != "none":
+            self._extractor = build_extractor(
+                self.features, i3d_path=self.i3d_path, device=device, batch_size=self.batch_size, scorer=self._scorer
+            )
 
-    def _frechet(self, videos: list[torch.Tensor], objective: Any) -> dict[str, float]:
+    def _frechet(self, videos: list[torch.Tensor], frames: list[torch.Tensor], objective: Any) -> dict[str, float]:
+        """Frechet distance of ``videos`` to the reference clips; ``frames`` are their (T, D) CLIP frame embeddings,
+        which CLIP features reuse instead of running CLIP over the videos again."""
         extractor = self._extractor
         if extractor is None:
             return {}
@@ -127,9 +134,14 @@ class EvaluateVideos(PeriodicSampling):
                 extractor, clips, batch_size=self.batch_size, limit=self.num_reference, what="reference clips"
             )
             self._reference_stats = stats.stats()
-        generated = accumulate_features(extractor, iter(videos), batch_size=self.batch_size, what="generated videos")
-        name = "fvd" if extractor.name == "i3d" else f"fd_{extractor.name}"
-        return {f"eval/{name}": frechet_distance(*generated.stats(), *self._reference_stats)}
+        if isinstance(extractor, ClipVideoFeatures):
+            generated = FeatureStats()
+            generated.add(extractor.pool(torch.stack(frames)))  # (N, T, D) -> (N, dim)
+        else:
+            generated = accumulate_features(
+                extractor, iter(videos), batch_size=self.batch_size, what="generated videos"
+            )
+        return {f"eval/{metric_name(extractor)}": frechet_distance(*generated.stats(), *self._reference_stats)}
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Generate the set, compute and log its metrics for the current step; returns them ({} off rank 0)."""
@@ -143,9 +155,10 @@ class EvaluateVideos(PeriodicSampling):
         i2v = samples.objective.task == "i2v"
         texts = None if i2v else [r["prompt"] for r in samples.requests]
         images = [r["image"] for r in samples.requests] if i2v else None
-        scores = score_videos(self._scorer, videos, prompts=texts, images=images)
+        frames = list(embed_videos(self._scorer, videos))  # (T, D) per video, for the scores and CLIP features
+        scores = score_frame_embeddings(self._scorer, frames, prompts=texts, images=images)
         metrics = {f"eval/{k}": v for k, v in scores.summary().items()}
-        metrics.update(self._frechet(videos, samples.objective))
+        metrics.update(self._frechet(videos, frames, samples.objective))
         self._log(trainer, pl_module, metrics, step=step)
         return metrics
 

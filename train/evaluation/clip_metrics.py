@@ -20,7 +20,7 @@ tests). ``pretrained=None`` leaves it random, which is only good for tests; real
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,23 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.conditioners.open_clip_factory import resolve_open_clip_config, tiny_open_clip_config
+from models.conditioners.open_clip_factory import build_open_clip, tiny_open_clip_config
 from models.conditioners.open_clip_image import CLIP_MEAN, CLIP_STD
-
-
-def build_full_open_clip(arch: str | Mapping[str, Any], *, pretrained: str | None = None) -> nn.Module:
-    """An open_clip ``CLIP`` with both towers. ``arch="tiny"`` is ``tiny_open_clip_config()`` (random weights)."""
-    import open_clip
-    from open_clip.model import CLIP
-
-    if arch == "tiny":
-        arch = tiny_open_clip_config()
-    if pretrained is not None and isinstance(arch, str):
-        return open_clip.create_model(arch, pretrained=pretrained, device=torch.device("cpu"))
-    model = CLIP(**resolve_open_clip_config(arch))
-    if pretrained is not None:
-        open_clip.load_checkpoint(model, pretrained)
-    return model
 
 
 def check_video(video: torch.Tensor) -> torch.Tensor:
@@ -79,7 +64,11 @@ class ClipScorer:
         device: str | torch.device = "cpu",
         batch_size: int = 64,
     ) -> ClipScorer:
-        return cls(build_full_open_clip(arch, pretrained=pretrained), device=device, batch_size=batch_size)
+        """``arch`` is an open_clip model name or config dict; ``"tiny"`` is ``tiny_open_clip_config()``."""
+        model = build_open_clip(
+            tiny_open_clip_config() if arch == "tiny" else arch, pretrained=pretrained, drop_tower=None
+        )
+        return cls(model, device=device, batch_size=batch_size)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -157,6 +146,12 @@ class ClipVideoScores:
         return out
 
 
+def embed_videos(scorer: ClipScorer, videos: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """uint8 (T, 3, H, W) videos -> their (T, D) unit frame embeddings, one video at a time."""
+    for video in videos:
+        yield scorer.embed_frames(check_video(video))
+
+
 def score_videos(
     scorer: ClipScorer,
     videos: Iterable[torch.Tensor],
@@ -166,12 +161,22 @@ def score_videos(
 ) -> ClipVideoScores:
     """CLIP scores of uint8 (T, 3, H, W) videos; ``prompts`` (CLIPSIM) or conditioning ``images`` (3, H, W) give
     the per-video reference, one per video in order; consistency is always computed."""
+    return score_frame_embeddings(scorer, embed_videos(scorer, videos), prompts=prompts, images=images)
+
+
+def score_frame_embeddings(
+    scorer: ClipScorer,
+    frame_embeddings: Iterable[torch.Tensor],
+    *,
+    prompts: Sequence[str] | None = None,
+    images: Sequence[torch.Tensor] | None = None,
+) -> ClipVideoScores:
+    """``score_videos`` of videos already embedded (``embed_videos``): (T, D) unit frame embeddings per video."""
     scores = ClipVideoScores()
     text_embeddings = scorer.embed_texts(prompts) if prompts else None
     image_embeddings = torch.cat([scorer.embed_frames(image[None]) for image in images]) if images else None
     n = 0
-    for i, video in enumerate(videos):
-        frames = scorer.embed_frames(check_video(video))
+    for i, frames in enumerate(frame_embeddings):
         if text_embeddings is not None:
             if i >= len(text_embeddings):
                 raise ValueError(f"more videos than prompts ({len(text_embeddings)}); give one prompt per video")

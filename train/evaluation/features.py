@@ -23,13 +23,15 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 
 from train.evaluation.clip_metrics import ClipScorer
 from train.evaluation.frechet import FeatureStats
 
+FeatureName = Literal["i3d", "clip", "clip+diff"]
+FEATURE_NAMES: tuple[str, ...] = get_args(FeatureName)
 I3D_FILENAME = "i3d_torchscript.pt"
 I3D_KWARGS = {"rescale": True, "resize": True, "return_features": True}
 I3D_HELP = (
@@ -116,12 +118,46 @@ class ClipVideoFeatures:
 
     def __call__(self, videos: torch.Tensor) -> torch.Tensor:
         n, t = check_videos(videos).shape[:2]
-        frames = self.scorer.embed_frames(videos.flatten(0, 1)).double().view(n, t, -1)  # (N*T, D) -> (N, T, D)
+        return self.pool(self.scorer.embed_frames(videos.flatten(0, 1)).view(n, t, -1))  # (N*T, D) -> (N, T, D)
+
+    def pool(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, T, D) CLIP frame embeddings (``ClipScorer.embed_frames`` per video, stacked) -> float64 (N, dim)."""
+        if frames.ndim != 3 or frames.shape[2] != self.scorer.embed_dim:
+            raise ValueError(f"frame embeddings must be (N, T, {self.scorer.embed_dim}); got {tuple(frames.shape)}")
+        frames = frames.double()
         features = [frames.mean(dim=1)]
         if self.temporal_diff:
             diff = (frames[:, 1:] - frames[:, :-1]).abs()
-            features.append(diff.mean(dim=1) if t > 1 else torch.zeros_like(features[0]))
+            features.append(diff.mean(dim=1) if frames.shape[1] > 1 else torch.zeros_like(features[0]))
         return torch.cat(features, dim=1)
+
+
+def build_extractor(
+    features: FeatureName,
+    *,
+    i3d_path: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    scorer: ClipScorer | None = None,
+    clip_arch: str = "ViT-B-32",
+    clip_pretrained: str | None = None,
+) -> VideoFeatureExtractor:
+    """The feature network ``features`` names: the I3D file at ``i3d_path`` (``batch_size`` videos per forward), or
+    CLIP features of ``scorer`` (built from ``clip_arch`` / ``clip_pretrained`` on ``device`` when not given)."""
+    if features == "i3d":
+        if i3d_path is None:
+            raise ValueError(f"i3d features need the path of {I3D_HELP}")
+        return I3DFeatures(i3d_path, device=device, batch_size=batch_size)
+    if features not in FEATURE_NAMES:
+        raise ValueError(f"features={features!r}; choose one of {', '.join(FEATURE_NAMES)}")
+    if scorer is None:
+        scorer = ClipScorer.build(clip_arch, pretrained=clip_pretrained, device=device)
+    return ClipVideoFeatures(scorer, temporal_diff=features == "clip+diff")
+
+
+def metric_name(extractor: VideoFeatureExtractor) -> str:
+    """``fvd`` for I3D features (the paper's metric), else ``fd_<extractor>`` (``fd_clip``, ``fd_clip_diff``)."""
+    return "fvd" if extractor.name == "i3d" else f"fd_{extractor.name.replace('+', '_')}"
 
 
 def accumulate_features(

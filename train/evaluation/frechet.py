@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from train.media import atomic_path
+
 ArrayLike = np.ndarray | torch.Tensor
 
 
@@ -138,14 +140,10 @@ class FeatureStats:
 
     def save(self, path: str | os.PathLike[str], *, extractor: str) -> Path:
         """Write mean, covariance (ddof=1), count and the feature network's name as an npz file, atomically."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         mu, sigma = self.stats()
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no ".npz"
             np.savez(f, mu=mu, sigma=sigma, count=np.int64(self.count), extractor=np.str_(extractor))
-        os.replace(tmp, target)
-        return target
+        return Path(path)
 
 
 def load_stats(path: str | os.PathLike[str], *, extractor: str) -> tuple[np.ndarray, np.ndarray, int]:
