@@ -41,15 +41,11 @@ for arg in "$@"; do
     [[ "$arg" =~ ^[+~]*(step|part)= ]] && fail "'$arg': curate.sh sets step and part itself (part I/K from the array task)"
 done
 
-ENV_FILE="${SVD_SLURM_ENV:-$ROOT/slurm/env.sh}"
-[[ -f "$ENV_FILE" ]] || fail "env file $ENV_FILE not found: copy slurm/env.example.sh to slurm/env.sh and edit it, or set SVD_SLURM_ENV"
-export SVD_ROOT="$ROOT"
-# shellcheck source=/dev/null
-source "$ENV_FILE"
-PYTHON="${SVD_PYTHON:-python}"
+export SVD_ROOT="$ROOT"  # the jobs inherit it; setup.sh cds there and sources the env file (sets PYTHON)
+# shellcheck source=slurm/setup.sh
+source "$ROOT/slurm/setup.sh"
 read -r -a EXTRA <<< "${SVD_CURATE_OVERRIDES:-}"
 read -r -a SB <<< "$SBATCH_ARGS"
-cd "$ROOT"
 
 # Compose the config as the jobs will (Hydra: keys and choices; the dataclasses: values and filters) and list the
 # input units, so a mistake fails here in seconds instead of in every array task after the queue wait.

@@ -28,15 +28,11 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-ENV_FILE="${SVD_SLURM_ENV:-$ROOT/slurm/env.sh}"
-[[ -f "$ENV_FILE" ]] || fail "env file $ENV_FILE not found: copy slurm/env.example.sh to slurm/env.sh and edit it, or set SVD_SLURM_ENV"
-export SVD_ROOT="$ROOT"
-# shellcheck source=/dev/null
-source "$ENV_FILE"
-PYTHON="${SVD_PYTHON:-python}"
+export SVD_ROOT="$ROOT"  # the jobs inherit it; setup.sh cds there and sources the env file (sets PYTHON)
+# shellcheck source=slurm/setup.sh
+source "$ROOT/slurm/setup.sh"
 read -r -a EXTRA <<< "${SVD_OVERRIDES:-}"
 read -r -a SB <<< "$SBATCH_ARGS"
-cd "$ROOT"
 
 for stage in $STAGES; do
     [[ -f "slurm/${stage}.sbatch" ]] || fail "unknown stage '${stage}': choose from $(cd slurm && ls ./*.sbatch | sed 's|./||; s|.sbatch||' | tr '\n' ' ')"

@@ -1,5 +1,6 @@
 #!/bin/bash
-# Sourced by every sbatch script: finds the repository (the folder sbatch was run from, or SVD_ROOT), cds there
+# Sourced by every sbatch script and by the submit scripts (pipeline.sh, curate.sh, with SVD_ROOT set): finds the
+# repository (the folder sbatch was run from, or SVD_ROOT), cds there
 # and sources the cluster env file (SVD_SLURM_ENV, default slurm/env.sh). Sets ROOT and PYTHON, defines fail().
 fail() {
     echo "[svd-slurm] ERROR: $*" >&2

@@ -16,6 +16,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from data.micro_cond import MotionBucketMapping
+
 OBJECTIVES = ("diffusion", "autoencoder", "temporal_decoder")
 MEDIA = ("images", "clips")
 TASKS = ("t2i", "t2v", "i2v")
@@ -202,8 +204,8 @@ class DataConfig:
     key_list: str | None = None  # keep only the keys listed in this file (a curation subset's keys.txt)
     caption_probabilities: dict[str, float] = field(default_factory=lambda: {"coca": 0.5, "vblip": 0.25, "llm": 0.25})
     caption_fallback_fields: list[str] = field(default_factory=lambda: ["caption"])
-    motion_scale: float = 90.0  # data/micro_cond.py: bucket = round(scale * log1p(score)) for kind "log"
-    motion_kind: str = "log"
+    motion_scale: float = MotionBucketMapping.scale  # data/micro_cond.py: the motion_bucket_id mapping
+    motion_kind: str = MotionBucketMapping.kind  # "log" or "linear"
     require_json: str = "video"
     pin_memory: bool = False
 
