@@ -93,11 +93,16 @@ def stride_for(native_fps: float, spec: ClipSpec) -> int:
     return min(stride, spec.max_stride) if spec.max_stride is not None else stride
 
 
+def clip_span(num_frames: int, stride: int) -> int:
+    """Source frames a clip of ``num_frames`` frames ``stride`` apart spans: fewer is ``too_few_frames``."""
+    return (num_frames - 1) * stride + 1
+
+
 def clip_indices(
     num_available: int, *, stride: int, spec: ClipSpec, rng: np.random.Generator | None
 ) -> tuple[list[int], int]:
     """Source frame indices of one clip and how many of them are padding. Raises ``too_few_frames``."""
-    span = (spec.num_frames - 1) * stride + 1
+    span = clip_span(spec.num_frames, stride)
     if num_available >= span:
         if spec.start == "center":
             start = (num_available - span) // 2

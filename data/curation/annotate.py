@@ -161,7 +161,9 @@ def curate_video(raw: RawVideo, annotators: Annotators) -> VideoOutcome:
             info = probe_video(path)
             min_frames = cfg.clipping.min_frames(info.fps)  # plan_clips' shortest clip
             if info.num_frames < min_frames:
-                raise CurationSkip("too_short", f"{info.duration_s:.2f} s, minimum clip {cfg.clipping.min_seconds} s")
+                raise CurationSkip(
+                    "too_short", f"{info.num_frames} frames ({info.duration_s:.2f} s), minimum clip {min_frames}"
+                )
             notes = list(notes_for(info))
             out.notes.update(notes)
             cascade = CutCascade(cfg.cuts)
@@ -184,7 +186,7 @@ def curate_video(raw: RawVideo, annotators: Annotators) -> VideoOutcome:
                 raise CurationSkip("too_short", f"{stats.frames_decoded} frames decoded, minimum clip {min_frames}")
             if not spans:
                 scene_s = [round((b - a) / info.fps, 2) for a, b in cuts.scenes]
-                raise CurationSkip("no_clips", f"scenes of {scene_s} s, minimum {cfg.clipping.min_seconds} s")
+                raise CurationSkip("no_clips", f"scenes of {scene_s} s, minimum clip {min_frames / info.fps:.2f} s")
         except CurationSkip as e:
             out.skip(raw, e.reason, e.detail)
             return out

@@ -49,12 +49,19 @@ import numpy as np
 
 from data.curation.cuts import CutResult
 from data.curation.probe import PacketIndex, VideoInfo, packet_index
+from data.video_decode import ClipSpec, clip_span, stride_for
 
 ClipMode = Literal["auto", "copy", "reencode"]
 
 
 @dataclass(frozen=True)
 class ClipConfig:
+    """``min_frames(fps)`` is the longer of ``min_seconds`` and what one training clip spans in a video at that
+    frame rate: ``train_frames`` frames at ``train_fps`` (the stride ``data.video_decode`` takes, round(fps /
+    train_fps)), so no written clip is later skipped as ``too_few_frames``. The defaults cover Stage III (14 frames
+    at 7 fps: 53 frames, 2.12 s, of a 25 fps video); SVD-XT (25 frames at 7 fps, 3.9 s at 25 fps) needs
+    ``train_frames=25``; ``train_fps=null`` means training at the native rate."""
+
     min_seconds: float = 2.0
     max_seconds: float = 60.0
     trim_seconds: float = 0.1  # dropped next to each transition
@@ -62,6 +69,9 @@ class ClipConfig:
     copy_min_fraction: float = 0.5  # auto: a copy must keep at least this share of the scene piece
     reencode_crf: int = 18
     reencode_preset: str = "veryfast"
+    train_frames: int = 14  # frames of a training clip (the stages' stage.num_frames: 14; SVD-XT 25)
+    train_fps: float | None = 7.0  # the training stages' data.target_fps (Stage III: 7); None = native rate
+    train_max_stride: int | None = None  # the training stages' data.max_stride
 
     def __post_init__(self) -> None:
         if not 0 < self.min_seconds <= self.max_seconds:
@@ -70,10 +80,20 @@ class ClipConfig:
             raise ValueError(f"need trim_seconds >= 0 and copy_min_fraction in [0, 1]; got {self}")
         if self.mode not in ("auto", "copy", "reencode"):
             raise ValueError(f'mode must be "auto", "copy" or "reencode"; got {self.mode!r}')
+        _ = self.training_clip  # validates train_frames, train_fps, train_max_stride
+
+    @property
+    def training_clip(self) -> ClipSpec:
+        try:
+            return ClipSpec(num_frames=self.train_frames, target_fps=self.train_fps, max_stride=self.train_max_stride)
+        except ValueError as e:
+            raise ValueError(f"clipping.train_frames / train_fps / train_max_stride: {e}") from e
 
     def min_frames(self, fps: float) -> int:
-        """The shortest clip in frames at ``fps``: ``min_seconds`` rounded up (a float's rounding error aside)."""
-        return max(1, math.ceil(self.min_seconds * fps - 1e-6))
+        """The shortest clip in frames at ``fps``: ``min_seconds`` rounded up (a float's rounding error aside), or
+        the frames one training clip spans at that rate, whichever is more."""
+        spec = self.training_clip
+        return max(1, math.ceil(self.min_seconds * fps - 1e-6), clip_span(spec.num_frames, stride_for(fps, spec)))
 
 
 @dataclass(frozen=True)

@@ -85,17 +85,17 @@ def test_plan_falls_back_drops_and_splits() -> None:
     n = 200
     cuts = _cuts(n, [(0, 60), (60, 130), (130, 160), (160, 200)])
     keys, ends = [0.0], range(1, n + 1)  # one keyframe: nothing after frame 0 can start a copy
-    auto = plan_clips(cuts, _info(n), keys, ClipConfig(min_seconds=1.0), copy_ends=ends)
+    auto = plan_clips(cuts, _info(n), keys, ClipConfig(train_frames=1, min_seconds=1.0), copy_ends=ends)
     expected = [(0, 58, True), (62, 128, False), (132, 158, False), (162, 200, False)]
     assert [(s.start_frame, s.end_frame, s.copy) for s in auto] == expected
-    copy = plan_clips(cuts, _info(n), keys, ClipConfig(min_seconds=1.0, mode="copy"), copy_ends=ends)
+    copy = plan_clips(cuts, _info(n), keys, ClipConfig(train_frames=1, min_seconds=1.0, mode="copy"), copy_ends=ends)
     assert [(s.start_frame, s.end_frame, s.copy) for s in copy] == [(0, 58, True)]
     # without copy ends only keyframes end a copy, and frame 0 is the only one: everything is re-encoded
-    assert not any(s.copy for s in plan_clips(cuts, _info(n), keys, ClipConfig(min_seconds=1.0)))
+    assert not any(s.copy for s in plan_clips(cuts, _info(n), keys, ClipConfig(train_frames=1, min_seconds=1.0)))
     # a copy that would keep less than copy_min_fraction of the scene is re-encoded instead
-    late = plan_clips(_cuts(n, [(0, 200)]), _info(n), [0.0, 150 / 24], ClipConfig(min_seconds=1.0))
+    late = plan_clips(_cuts(n, [(0, 200)]), _info(n), [0.0, 150 / 24], ClipConfig(train_frames=1, min_seconds=1.0))
     assert [(s.start_frame, s.end_frame, s.copy) for s in late] == [(0, 200, True)]
-    late = plan_clips(_cuts(n, [(0, 20), (20, 200)]), _info(n), [0.0, 150 / 24], ClipConfig(min_seconds=1.0))
+    late = plan_clips(_cuts(n, [(0, 20), (20, 200)]), _info(n), [0.0, 150 / 24], ClipConfig(train_frames=1, min_seconds=1.0))
     assert [(s.start_frame, s.end_frame, s.copy) for s in late] == [(22, 200, False)]
     # 150 s at 24 fps with keyframes every 2 s, max 60 s: pieces end at keyframes, none longer than 60 s
     n = 3600
@@ -106,7 +106,7 @@ def test_plan_falls_back_drops_and_splits() -> None:
 
 def test_plan_uses_frame_times_for_variable_frame_rate() -> None:
     times = np.cumsum(np.r_[0.0, np.where(np.arange(99) % 2, 1 / 30, 1 / 15)])
-    spans = plan_clips(_cuts(100, [(0, 100)]), _info(100, fps=100 / times[-1]), [0.0], ClipConfig(min_seconds=1.0),
+    spans = plan_clips(_cuts(100, [(0, 100)]), _info(100, fps=100 / times[-1]), [0.0], ClipConfig(train_frames=1, min_seconds=1.0),
                        frame_times=times)  # fmt: skip
     assert spans[0].start_s == 0.0 and spans[0].end_s == pytest.approx(times[-1] + times[-1] / 100)
 
@@ -121,7 +121,7 @@ def test_copied_clip_is_pixel_exact(source: Path, tmp_path: Path) -> None:
     info, points = probe_video(source), copy_points(source)
     assert points.starts == (0, 12, 24, 36, 48, 60, 72, 84)
     cuts = _cuts(96, [(0, 30), (30, 96)])
-    spans = plan_clips(cuts, info, keyframe_times(source), ClipConfig(min_seconds=1.0), copy_ends=points.ends)
+    spans = plan_clips(cuts, info, keyframe_times(source), ClipConfig(train_frames=1, min_seconds=1.0), copy_ends=points.ends)
     assert all(s.copy for s in spans) and spans[1].start_frame == 36
     reference = _decode(source)
     for i, span in enumerate(spans):
@@ -169,9 +169,9 @@ def test_variable_frame_rate_copy_and_reencode_pick_frames_by_time(tmp_path: Pat
     info = probe_video(path)
     stats = scan_video(path, info, [])
     cuts = _cuts(60, [(0, 25), (25, 60)])
-    cfg = ClipConfig(min_seconds=0.5)
+    cfg = ClipConfig(train_frames=1, min_seconds=0.5)
     for mode in ("copy", "reencode"):
-        spans = plan_clips(cuts, info, keyframe_times(path), ClipConfig(min_seconds=0.5, mode=mode),
+        spans = plan_clips(cuts, info, keyframe_times(path), ClipConfig(train_frames=1, min_seconds=0.5, mode=mode),
                            frame_times=stats.frame_times_s, copy_ends=copy_points(path).ends)  # fmt: skip
         assert len(spans) == 2 and spans[1].start_s == pytest.approx(times[spans[1].start_frame], abs=1e-3)
         for i, span in enumerate(spans):
@@ -185,7 +185,7 @@ def test_odd_resolution_is_cropped_to_even_on_reencode(tmp_path: Path) -> None:
     frames = textured_frames(30, size=(65, 49))
     path = encode_frames(tmp_path / "odd.mp4", frames, pix_fmt="yuv444p")
     info = probe_video(path)
-    spans = plan_clips(_cuts(30, [(0, 30)]), info, [], ClipConfig(min_seconds=1.0))
+    spans = plan_clips(_cuts(30, [(0, 30)]), info, [], ClipConfig(train_frames=1, min_seconds=1.0))
     assert [s.copy for s in spans] == [False]  # no keyframe time given: nothing to copy from
     result = write_clip(path, spans[0], tmp_path / "even.mp4", info=info, cfg=ClipConfig())
     assert (result.method, result.width, result.height, result.num_frames) == ("reencode", 64, 48, 30)
@@ -212,6 +212,30 @@ def test_rotation_is_kept_on_copy_and_applied_on_reencode(tmp_path: Path, rotati
 
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="min_seconds"):
-        ClipConfig(min_seconds=5.0, max_seconds=2.0)
+        ClipConfig(train_frames=1, min_seconds=5.0, max_seconds=2.0)
     with pytest.raises(ValueError, match="mode"):
         ClipConfig(mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="train_frames"):
+        ClipConfig(train_frames=0)
+
+
+@pytest.mark.parametrize(("fps", "frames"), [(25.0, 53), (24.0, 48), (30.0, 60), (50.0, 100), (12.0, 27)])
+def test_minimum_clip_covers_a_training_clip(fps: float, frames: int) -> None:
+    """The default covers Stage III's 14 frames at 7 fps: 53 frames of a 25 fps video (2.12 s, over the 2 s
+    minimum), and 27 of a 12 fps one (stride 2); elsewhere the 2 s minimum is the longer."""
+    cfg = ClipConfig()
+    assert cfg.min_frames(fps) == frames
+    assert ClipConfig(train_frames=25).min_frames(25.0) == 97  # SVD-XT: 25 frames at stride 4
+    assert ClipConfig(train_fps=None).min_frames(25.0) == 50  # native rate: 14 frames, the 2 s minimum wins
+
+
+def test_no_clip_is_written_that_training_would_skip_as_too_short() -> None:
+    """A 2.08 s scene of a 25 fps video (52 frames) passes the 2 s minimum but holds no 14-frame clip at 7 fps
+    (53 frames), so it is not planned; a 53-frame scene is, and the training decoder takes a clip from it."""
+    from data.video_decode import ClipSpec, clip_indices, stride_for
+
+    n = 52 + 53
+    spans = plan_clips(_cuts(n, [(0, 52), (52, n)]), _info(n, fps=25.0), [0.0, 52 / 25], ClipConfig(trim_seconds=0))
+    assert [(s.start_frame, s.end_frame) for s in spans] == [(52, n)]
+    spec = ClipSpec(num_frames=14, target_fps=7.0, start="center")
+    assert len(clip_indices(spans[0].num_frames, stride=stride_for(25.0, spec), spec=spec, rng=None)[0]) == 14

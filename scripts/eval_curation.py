@@ -1,0 +1,93 @@
+"""Score the curation's cut detection, text area and motion score against labelled footage.
+
+Usage: ``python scripts/eval_curation.py DIR [curation overrides ...] [--motion-fps 2] [--text-threshold X]``
+
+``DIR`` is laid out like the project's calibration set (``cuts/``, ``text/``, ``motion/``, each with a
+``truth.json``; the README documents the format, ``data/curation/scoring.py`` the matching rules). The overrides are
+the curation's own (``conf/curate``), so what is scored is what ``python -m data.curation`` would run, e.g.
+``annotate.cuts.detector=transnetv2`` or ``annotate.text.short_side=960``.
+
+Prints a table to stderr and ONE JSON line to stdout: ``cut_precision``, ``cut_recall``, ``cut_f1``,
+``recall_per_kind``, ``false_transitions`` (with ``false_transition_list``: file, frame and where it lies),
+``cut_s_per_video_s``; ``text_accuracy`` (``has_text`` right per image at the threshold the ``high_quality`` filter
+uses), ``text_area_mae`` / ``text_area_bias`` on the images with text, ``text_s_per_image``; ``motion_order_ok`` and
+``motion_kendall_tau`` at the configured motion fps, and the same with ``_2fps`` (the paper's rate) unless
+``annotate.motion.fps`` is already 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from data.curation.config import CurateConfig, config_from_hydra, register_schema  # noqa: E402
+from data.curation.scoring import evaluate, text_area_bound  # noqa: E402
+
+FILTERS = REPO / "conf" / "curate" / "filters"
+
+
+def compose(overrides: list[str]) -> CurateConfig:
+    """The curation config with ``overrides`` applied, as ``python -m data.curation`` composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(str(REPO / "conf" / "curate"), version_base="1.3"):
+        dcfg = hydra_compose("curate", ["input=unused", f"out={tempfile.gettempdir()}/unused", *overrides])
+    dcfg.subsets = {}  # the subsets' filters play no part here (and may need models that are not configured)
+    return config_from_hydra(dcfg)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    w = sys.stderr.write
+    if "cut_f1" in result:
+        w(f"cuts ({result['detector']}): F1 {result['cut_f1']:.3f}  P {result['cut_precision']:.3f}  ")
+        w(f"R {result['cut_recall']:.3f}  false {result['false_transitions']}  ")
+        w(f"{result['cut_s_per_video_s']:.3f} s per s of video\n")
+        for name, row in result["cuts_per_file"].items():
+            w(f"  {name:40s} {row['hits']}/{row['transitions']}  missed {row['missed']}  false {row['false']}\n")
+        for line in result["false_transition_list"]:
+            w(f"  false: {line}\n")
+    if "text_accuracy" in result:
+        w(f"text: accuracy {result['text_accuracy']:.3f} at area > {result['text_threshold']}, ")
+        w(f"area MAE {result['text_area_mae']}, bias {result['text_area_bias']}\n")
+        for name, row in result["per_image"].items():
+            w(f"  {name:40s} truth {row['truth']:.3f}  found {row['found']:.3f}  {'ok' if row['ok'] else 'WRONG'}\n")
+    if "motion_order_ok" in result:
+        w(f"motion: order ok {result['motion_order_ok']}, tau {result['motion_kendall_tau']}  ")
+        w(f"{result['motion_scores']}\n")
+        if "motion_order_ok_2fps" in result:
+            w(f"  at 2 fps: order ok {result['motion_order_ok_2fps']}, {result['motion_scores_2fps']}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="labelled folder (cuts/ text/ motion/ with truth.json)")
+    parser.add_argument("overrides", nargs="*", help="curation config overrides, e.g. annotate.cuts.detector=...")
+    parser.add_argument("--text-threshold", type=float, default=None, help="has-text area (default: the filter's)")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir() or not any(
+        (args.folder / p / "truth.json").is_file() for p in ("cuts", "text", "motion")
+    ):
+        parser.error(f"{args.folder} holds none of cuts/truth.json, text/truth.json, motion/truth.json")
+    try:
+        cfg = compose(args.overrides)
+    except ValueError as e:
+        parser.error(str(e))
+    threshold = text_area_bound(FILTERS / "high_quality.yaml") if args.text_threshold is None else args.text_threshold
+    result = evaluate(args.folder, cfg.annotate, text_threshold=threshold)
+    print_table(result)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
