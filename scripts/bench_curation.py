@@ -30,16 +30,19 @@ video runs first). Prints ONE JSON line: the config, ``seconds``, ``clips_per_s_
 ``video_s_per_s_per_core`` (per stage), ``scan_seconds`` (the decode pass split into decode + conversions and each
 tap), ``pipeline_over_decode`` (the pipeline as defined above over the plain decode),
 ``cuts_motion_text_over_decode`` (the issue's target, <= 2: the decode pass with the cut cascade and motion, plus
-the text area, over the plain decode), ``full_pipeline_over_decode``, ``scan_over_decode`` and the per-repetition
-``pipeline_over_decode_reps``.
+the text area, over the plain decode), ``full_pipeline_over_decode``, ``scan_over_decode``, the per-repetition
+``pipeline_over_decode_reps``, and ``cut_detectors``: each cut detector of ``--detectors`` (``annotate.cuts.detector``:
+cascade, transnetv2, combined) run alone (its own decode pass, then the result) on the same videos, as seconds per
+second of video per core and over the plain decode.
 
 Usage: ``python scripts/bench_curation.py [--videos PATH ...] [--num-videos 3] [--size 720x1280] [--fps 24]
-[--scenes 3,5] [--scene-seconds 3,6] [--reps 3] [--threads 1] [--text-short-side N] [--clip-model tiny]
+[--scenes 3,5] [--scene-seconds 3,6] [--reps 3] [--threads 1] [--text-detect-px N] [--clip-model tiny]
 [--clip-pretrained openai] [--aesthetic-head FILE] [--no-clip-scores] [--captioner none|coca]
-[--captioner-model tiny] [--captioner-pretrained TAG|FILE]``. Without ``--videos`` the raw videos are generated
-(``data.demo_data.plan_raw_video``: scenes joined by cuts, crossfades and fades, a low bitrate, so decoding is
-cheaper than on real footage and the per-clip annotators weigh relatively more). CLIP defaults to the tiny random
-model (nothing is downloaded); for the real cost pass ``--clip-model ViT-L-14 --clip-pretrained openai`` (or a file).
+[--captioner-model tiny] [--captioner-pretrained TAG|FILE] [--detectors cascade,transnetv2,combined]``. Without
+``--videos`` the raw videos are generated (``data.demo_data.plan_raw_video``: scenes joined by cuts, crossfades and
+fades, a low bitrate, so decoding is cheaper than on real footage and the per-clip annotators weigh relatively
+more). CLIP defaults to the tiny random model (nothing is downloaded); for the real cost pass ``--clip-model
+ViT-L-14 --clip-pretrained openai`` (or a file).
 """
 
 from __future__ import annotations
@@ -66,11 +69,12 @@ import data.curation.annotate as annotate
 from data.curation.annotate import Annotators, curate_video
 from data.curation.clip_scores import ClipScoreConfig
 from data.curation.config import AnnotateConfig
-from data.curation.cuts import DetectorTap, SignalTap
+from data.curation.cuts import CutConfig, DetectorTap, detect_cuts
 from data.curation.errors import CurationSkip
 from data.curation.inputs import RawVideo, safe_name
 from data.curation.motion import MotionTap
 from data.curation.probe import VideoInfo, probe_video
+from data.curation.shot_signal import SignalTap
 from data.curation.text_area import TextAreaConfig
 
 # curate_video's module-level names that are timed, and the stage each one's time goes to.
@@ -110,7 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (the median counts)")
     p.add_argument("--threads", type=int, default=1, help="torch / OpenCV / onnxruntime / decoder threads")
-    p.add_argument("--text-short-side", type=int, default=None, help="text detector input (default: its 736)")
+    p.add_argument("--text-detect-px", type=float, default=None, help="text detector: input height of 12-px text")
+    p.add_argument("--detectors", default="cascade,transnetv2,combined", help="cut detectors timed alone (or '')")
     p.add_argument("--clip-model", default="tiny", help="open_clip model for CLIP scores, or 'tiny'")
     p.add_argument("--clip-pretrained", default=None, help="hub tag or weights file (default: random weights)")
     p.add_argument("--aesthetic-head", default=None, help="LAION aesthetic predictor file (default: none)")
@@ -254,8 +259,8 @@ class _TimedScorer:
 def build_annotators(args: argparse.Namespace, clock: StageClock) -> Annotators:
     """The annotators ``curate_video`` uses, built from the arguments, with their calls timed by ``clock``."""
     text = TextAreaConfig(intra_op_threads=args.threads)
-    if args.text_short_side is not None:
-        text = dataclasses.replace(text, short_side=args.text_short_side)
+    if args.text_detect_px is not None:
+        text = dataclasses.replace(text, detect_px=args.text_detect_px)
     clip = ClipScoreConfig(model=args.clip_model, pretrained=args.clip_pretrained, aesthetic_head=args.aesthetic_head)
     options = {"model": args.captioner_model, "pretrained": args.captioner_pretrained}
     cfg = AnnotateConfig(
@@ -347,7 +352,7 @@ def summarise(runs: list[list[dict[str, float]]], infos: list[VideoInfo], args: 
         "fps": sorted({round(i.fps, 3) for i in infos}),
         "threads": args.threads,
         "reps": args.reps,
-        "text_short_side": args.text_short_side or TextAreaConfig().short_side,
+        "text_detect_px": args.text_detect_px or TextAreaConfig().detect_px,
         "clip_model": args.clip_model if args.clip_scores else None,
         "captioner": args.captioner if args.captioner == "none" else f"coca:{args.captioner_model}",
         "clips_per_s_per_core": {k: rate(clips, k) for k in stages},
@@ -368,6 +373,28 @@ def summarise(runs: list[list[dict[str, float]]], infos: list[VideoInfo], args: 
     }
 
 
+def detector_costs(videos: list[RawVideo], infos: list[VideoInfo], decode_s: float, args: argparse.Namespace) -> Any:
+    """Each cut detector alone (``detect_cuts``: its taps in one decode pass, then the result), per video in
+    alternating order, the median over ``--reps``: seconds per second of video and per core, and over the decode."""
+    names = [d for d in args.detectors.split(",") if d]
+    seconds: dict[str, list[list[float]]] = {d: [[] for _ in videos] for d in names}
+    for d in names:  # warm-up: TransNetV2's weights load once per process
+        detect_cuts(str(videos[0].path), infos[0], CutConfig(detector=d), threads=args.threads)
+    for rep in range(args.reps):
+        for v, (raw, info) in enumerate(zip(videos, infos, strict=True)):
+            order = names if (rep + v) % 2 == 0 else names[::-1]
+            for d in order:
+                start = time.perf_counter()
+                detect_cuts(str(raw.path), info, CutConfig(detector=d), threads=args.threads)
+                seconds[d][v].append(time.perf_counter() - start)
+    video_s = sum(i.duration_s for i in infos)
+    total = {d: sum(statistics.median(per_video) for per_video in seconds[d]) for d in names}
+    return {
+        d: {"s_per_video_s_per_core": _sig(total[d] * args.threads / video_s), "over_decode": _sig(total[d] / decode_s)}
+        for d in names
+    }
+
+
 def bench(videos: list[RawVideo], args: argparse.Namespace) -> dict[str, Any]:
     infos = []
     for raw in videos:
@@ -381,7 +408,10 @@ def bench(videos: list[RawVideo], args: argparse.Namespace) -> dict[str, Any]:
     for raw, info, run in zip(videos, infos, runs[0], strict=True):
         if run["frames"] != info.num_frames:
             print(f"bench_curation: {raw.source}: {run['frames']:.0f} of {info.num_frames} decode", file=sys.stderr)
-    return summarise(runs, infos, args)
+    result = summarise(runs, infos, args)
+    decode_s = sum(statistics.median(rep[v]["decode"] for rep in runs) for v in range(len(infos)))
+    result["cut_detectors"] = detector_costs(videos, infos, decode_s, args)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

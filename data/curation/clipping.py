@@ -47,8 +47,8 @@ from typing import Literal
 import av
 import numpy as np
 
-from data.curation.cuts import CutResult
 from data.curation.probe import PacketIndex, VideoInfo, packet_index
+from data.curation.transitions import CutResult
 from data.video_decode import ClipSpec, clip_span, stride_for
 
 ClipMode = Literal["auto", "copy", "reencode"]

@@ -54,14 +54,13 @@ from scenedetect.detectors import AdaptiveDetector, ContentDetector, HistogramDe
 
 from data.curation.probe import VideoInfo
 from data.curation.scan import scan_video
+from data.curation.shot_signal import SignalTap, hist_distance, rejection
 from data.curation.taps import FrameTap
+from data.curation.transitions import CutResult, Transition, TransitionKind, scenes_between
+from data.curation.transnet import TransNetConfig, TransNetTap
 
 DetectorKind = Literal["content", "adaptive", "threshold", "histogram", "color_histogram"]
 DETECTOR_KINDS: tuple[str, ...] = DetectorKind.__args__  # type: ignore[attr-defined]
-TransitionKind = Literal["cut", "crossfade", "fade"]
-_HIST_BINS = 16  # per RGB channel, for the span signal
-_THUMB_SIZE = (32, 18)  # (width, height) of the grey thumbnails that confirm transitions (aspect squashed)
-_FLAT_STD = 2.0  # grey levels: a thumbnail this uniform (black, a flat colour) has no structure to correlate
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,8 @@ DEFAULT_DETECTORS: tuple[DetectorSpec, ...] = (
 )
 
 
+# cascade: the three PySceneDetect detectors (paper); transnetv2: the learned detector (transnet.py); combined: the
+# transitions of both, one where they overlap. Every detector's transitions go through the same confirmation.
 CutDetector = Literal["cascade", "transnetv2", "combined"]
 CUT_DETECTORS: tuple[str, ...] = CutDetector.__args__  # type: ignore[attr-defined]
 
@@ -106,6 +107,7 @@ CUT_DETECTORS: tuple[str, ...] = CutDetector.__args__  # type: ignore[attr-defin
 class CutConfig:
     detector: CutDetector = "cascade"
     detectors: tuple[DetectorSpec, ...] = DEFAULT_DETECTORS
+    transnet: TransNetConfig = field(default_factory=TransNetConfig)
     merge_window_s: float = 0.5  # detections closer than this are one transition
     max_transition_s: float = 1.0  # how far before/after a detection the span search looks (anchor distance)
     span_fraction: float = 0.15  # share of the change that marks a frame as part of the transition
@@ -137,26 +139,6 @@ class CutConfig:
                 f"need 0 < same_shot_similarity <= 1 (1 turns the check off), return_s >= 0 and 0 <= min_monotonicity "
                 f"<= 1; got {self.same_shot_similarity}, {self.return_s}, {self.min_monotonicity}"
             )
-
-
-@dataclass(frozen=True)
-class Transition:
-    """``frame`` = first frame of the new scene; ``[start_frame, end_frame)`` = frames of neither scene (empty for a
-    cut); ``detectors`` = names (``DetectorSpec.name``) of the detectors that fired."""
-
-    frame: int
-    start_frame: int
-    end_frame: int
-    kind: TransitionKind
-    detectors: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CutResult:
-    scenes: list[tuple[int, int]]  # [start_frame, end_frame) of the parts between transitions, native indices
-    transitions: list[Transition]
-    num_frames: int  # frames the scan decoded (scenes cover [0, num_frames) minus the transition spans)
-    rejected: list[tuple[Transition, str]] = field(default_factory=list)  # detections judged in-shot, and why
 
 
 class ColorHistogramDetector(SceneDetector):
@@ -248,28 +230,6 @@ class DetectorTap:
             self.detections.append((lo, hi))
 
 
-class SignalTap:
-    """Every frame's RGB histograms (16 bins a channel, float16), mean level and a 32x18 grey thumbnail, for locating
-    transition spans and confirming them. Memory: about 680 bytes a frame (some 75 MB for an hour at 30 fps).
-    Per-channel histograms located the demo fades more closely than a joint 4x4x4 one (fewer frames off), since
-    brightness ramps move them bin by bin; the thumbnail keeps the layout of the picture, which histograms lose."""
-
-    fps = None
-
-    def __init__(self, short_side: int) -> None:
-        self.short_side = short_side
-        self.hists: list[np.ndarray] = []
-        self.levels: list[float] = []
-        self.thumbs: list[np.ndarray] = []
-
-    def push(self, index: int, time_s: float, frame: np.ndarray) -> None:
-        hist = np.concatenate([cv2.calcHist([frame], [c], None, [_HIST_BINS], [0, 256]) for c in range(3)])
-        self.hists.append((hist.reshape(-1) / (frame.shape[0] * frame.shape[1])).astype(np.float16))
-        self.levels.append(float(frame.mean()))
-        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        self.thumbs.append(cv2.resize(grey, _THUMB_SIZE, interpolation=cv2.INTER_AREA))
-
-
 @dataclass
 class _Group:
     """Detections merged into one transition: (first, last possible frame, detector name) each."""
@@ -297,9 +257,11 @@ class CutCascade:
 
     def __init__(self, cfg: CutConfig | None = None, info: VideoInfo | None = None) -> None:
         self.cfg, self.info = cfg or CutConfig(), info
-        self.detector_taps = [DetectorTap(spec) for spec in self.cfg.detectors]
-        every_frame = [s.short_side for s in self.cfg.detectors if s.fps is None]
-        self.signal = SignalTap(min(every_frame) if every_frame else 64)
+        use_cascade = self.cfg.detector in ("cascade", "combined")
+        self.detector_taps = [DetectorTap(spec) for spec in self.cfg.detectors] if use_cascade else []
+        self.learned = TransNetTap(self.cfg.transnet) if self.cfg.detector in ("transnetv2", "combined") else None
+        every_frame = [s.short_side for s in self.cfg.detectors if s.fps is None and use_cascade]
+        self.signal = SignalTap(min(every_frame) if every_frame else self.cfg.transnet.short_side)
         self._result: CutResult | None = None
         if info is not None:
             for tap in self.detector_taps:
@@ -307,10 +269,10 @@ class CutCascade:
 
     @property
     def taps(self) -> list[FrameTap]:
-        return [*self.detector_taps, self.signal]
+        return [*self.detector_taps, *([self.learned] if self.learned is not None else []), self.signal]
 
     def result(self, info: VideoInfo | None = None) -> CutResult:
-        """Merge, locate and classify the detections, after the scan (the first call does the work)."""
+        """Merge, locate, classify and confirm the detections, after the scan (the first call does the work)."""
         info = info or self.info
         if info is None:
             raise ValueError("pass the VideoInfo the scan used: cascade.result(info)")
@@ -319,26 +281,23 @@ class CutCascade:
         return self._result
 
     def _compute(self, fps: float) -> CutResult:
-        n = len(self.signal.levels)
+        n, cfg = len(self.signal.levels), self.cfg
         for tap in self.detector_taps:
             tap.finish()
-        groups = self._groups(fps, n)
-        transitions = self._locate_all(groups, n, fps)
+        found = self._locate_all(self._groups(fps, n), n, fps) if self.detector_taps else []
+        if self.learned is not None:
+            found = _union(found, [t for t in self.learned.transitions() if t.frame < n], fps * cfg.merge_window_s)
         kept, rejected = [], []
-        for t in transitions:
-            why = self._rejection(t, fps)
+        for t in found:
+            why = rejection(
+                t, self.signal, fps=fps, same_shot_similarity=cfg.same_shot_similarity, return_s=cfg.return_s,
+                min_monotonicity=cfg.min_monotonicity,
+            )  # fmt: skip
             if why is None:
                 kept.append(t)
             else:
                 rejected.append((t, why))
-        scenes, pos = [], 0
-        for t in kept:
-            if t.start_frame > pos:
-                scenes.append((pos, t.start_frame))
-            pos = max(pos, t.end_frame)
-        if n > pos:
-            scenes.append((pos, n))
-        return CutResult(scenes=scenes, transitions=kept, num_frames=n, rejected=rejected)
+        return CutResult(scenes=scenes_between(kept, n), transitions=kept, num_frames=n, rejected=rejected)
 
     def _locate_all(self, groups: list[_Group], n: int, fps: float) -> list[Transition]:
         """Locate each group's transition; groups whose spans overlap or touch (a slow fade out and in, found by
@@ -360,44 +319,6 @@ class CutCascade:
             i = touching[0]
             groups = [*groups[:i], _Group(groups[i].found + groups[i + 1].found), *groups[i + 2 :]]
 
-    def _rejection(self, t: Transition, fps: float) -> str | None:
-        """Why ``t`` is no transition (None when confirmed): the picture before it is the picture after it, the
-        earlier picture comes back soon after a cut (something passed in front of the camera), or a gradual change
-        goes back and forth (flicker). Thresholds: ``CutConfig``."""
-        cfg, thumbs, n = self.cfg, self.signal.thumbs, len(self.signal.thumbs)
-        if cfg.same_shot_similarity >= 1 or n < 2:
-            return None
-        s, e = (t.frame, t.frame) if t.start_frame == t.end_frame else (t.start_frame, t.end_frame)
-        before, after = _mean_thumb(thumbs, s - 3, s), _mean_thumb(thumbs, e, e + 3)
-        if before is None or after is None:
-            return None
-        similarity = _similarity(before, after)
-        if similarity >= cfg.same_shot_similarity:
-            return f"same picture before and after (similarity {similarity:.2f})"
-        if t.kind == "cut":
-            reach = int(round(cfg.return_s * fps))
-            back = [_similarity(before, thumbs[k].astype(np.float32)) for k in range(e + 1, min(n, e + 1 + reach))]
-            ahead = [_similarity(after, thumbs[k].astype(np.float32)) for k in range(max(0, s - 1 - reach), s - 1)]
-            best = max(back + ahead, default=-1.0)
-            if best >= cfg.same_shot_similarity:
-                return f"the picture returns within {cfg.return_s:g} s (similarity {best:.2f})"
-            return None
-        mono = self._monotonicity(s, e) if t.kind == "crossfade" else 1.0  # a fade dips and rises by nature
-        if mono < cfg.min_monotonicity:
-            return f"the change goes back and forth (monotonicity {mono:.2f})"
-        return None
-
-    def _monotonicity(self, s: int, e: int) -> float:
-        """Net change over total variation of the progress from the frames before ``s`` to those after ``e``."""
-        hists = np.asarray(self.signal.hists[max(s - 3, 0) : e + 3], np.float32)
-        lo = s - max(s - 3, 0)
-        a, b = hists[:lo].mean(0), hists[-3:].mean(0)
-        progress = _distance(hists[max(lo - 1, 0) : len(hists) - 2], a) - _distance(
-            hists[max(lo - 1, 0) : len(hists) - 2], b
-        )
-        steps = np.abs(np.diff(progress)).sum()
-        return float((progress[-1] - progress[0]) / steps) if steps > 1e-6 else 1.0
-
     def _groups(self, fps: float, n: int) -> list[_Group]:
         found = sorted((lo, hi, t.spec.name) for t in self.detector_taps for lo, hi in t.detections if 0 < hi < n)
         groups: list[_Group] = []
@@ -417,10 +338,10 @@ class CutCascade:
         if b - a < 6:
             return Transition(g.frame, g.frame, g.frame, "cut", names)
         # change of each frame from the previous one; the largest inside the detected frames is a cut candidate
-        step = np.r_[0.0, _distance(hists[1:], hists[:-1])]
+        step = np.r_[0.0, hist_distance(hists[1:], hists[:-1])]
         core = np.arange(max(g.lo, a + 1), min(g.hi, b) + 1) - a
         jump = int(core[np.argmax(step[core])]) if len(core) else g.frame - a
-        d_before, d_after = _distance(hists, hists[:3].mean(0)), _distance(hists, hists[-3:].mean(0))
+        d_before, d_after = hist_distance(hists, hists[:3].mean(0)), hist_distance(hists, hists[-3:].mean(0))
         peak = max(d_before.max(), d_after.max())
         if peak < cfg.min_signal_change:  # the colours do not change: trust the detector's frames
             if g.hi - g.lo <= cfg.cut_max_frames:
@@ -431,8 +352,8 @@ class CutCascade:
             # one frame carries most of the change and its neighbours hardly change: a cut, not a fade's middle
             return Transition(a + jump, a + jump, a + jump, "cut", names)
         start, end = self._span(hists)
-        closer = np.nonzero(_distance(hists[start : end + 1], hists[-3:].mean(0))
-                            < _distance(hists[start : end + 1], hists[:3].mean(0)))[0]  # fmt: skip
+        closer = np.nonzero(hist_distance(hists[start : end + 1], hists[-3:].mean(0))
+                            < hist_distance(hists[start : end + 1], hists[:3].mean(0)))[0]  # fmt: skip
         frame = start + int(closer[0]) if len(closer) else (start + end) // 2
         levels = np.asarray(self.signal.levels[a : b + 1])
         if end - start <= cfg.cut_max_frames:
@@ -451,8 +372,8 @@ class CutCascade:
         margin = 3
         for _ in range(4):
             window = hists[lo : hi + 1]
-            d_before = _distance(window, window[:margin].mean(0))
-            d_after = _distance(window, window[-margin:].mean(0))
+            d_before = hist_distance(window, window[:margin].mean(0))
+            d_after = hist_distance(window, window[-margin:].mean(0))
             frac = self.cfg.span_fraction
             new_start = lo + int(np.argmax(d_before >= frac * d_before.max()))
             new_end = lo + len(window) - int(np.argmax(d_after[::-1] >= frac * d_after.max()))
@@ -464,26 +385,22 @@ class CutCascade:
         return start, end
 
 
-def _mean_thumb(thumbs: list[np.ndarray], a: int, b: int) -> np.ndarray | None:
-    """Mean of thumbnails ``[a, b)`` (clipped to the video), float32; None when that leaves none."""
-    a, b = max(a, 0), min(b, len(thumbs))
-    return np.mean(np.asarray(thumbs[a:b], np.float32), 0) if b > a else None
-
-
-def _similarity(x: np.ndarray, y: np.ndarray) -> float:
-    """Correlation of two grey thumbnails, so a change of brightness or contrast alone leaves it at 1. A flat
-    thumbnail (black) has no structure: two flat ones are the same picture when their levels are close."""
-    x, y = x - x.mean(), y - y.mean()
-    sx, sy = float(np.sqrt((x * x).mean())), float(np.sqrt((y * y).mean()))
-    if sx < _FLAT_STD or sy < _FLAT_STD:
-        flat_both = sx < _FLAT_STD and sy < _FLAT_STD
-        return 1.0 if flat_both and abs(float(x.mean() - y.mean())) < 10 else 0.0
-    return float((x * y).mean() / (sx * sy))
-
-
-def _distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Total variation between normalised per-channel histograms, averaged over the 3 channels: 0 .. 1."""
-    return 0.5 * np.abs(x - y).sum(-1) / 3
+def _union(a: list[Transition], b: list[Transition], window: float) -> list[Transition]:
+    """The transitions of two detectors as one list: two whose spans overlap, or whose frames are within ``window``
+    frames, are one transition over both spans (so clips leave out every frame either detector saw mixed), of the
+    kind and at the frame of the one with the longer span, with both detectors' names."""
+    out: list[Transition] = []
+    for t in sorted([*a, *b], key=lambda t: (t.start_frame, t.frame)):
+        last = out[-1] if out else None
+        if last is None or (t.start_frame >= last.end_frame and abs(t.frame - last.frame) > window):
+            out.append(t)
+            continue
+        start, end = min(last.start_frame, t.start_frame), max(last.end_frame, t.end_frame)
+        longer = max(last, t, key=lambda x: x.end_frame - x.start_frame)
+        frame = longer.frame
+        names = tuple(sorted({*last.detectors, *t.detectors}))
+        out[-1] = Transition(frame, start, end, longer.kind, names)
+    return out
 
 
 def detect_cuts(path: str, info: VideoInfo, cfg: CutConfig | None = None, *, threads: int = 0) -> CutResult:

@@ -44,6 +44,14 @@ def test_calibration_motion_order_at_the_default_and_at_2fps(default_scores: dic
     assert s["motion_order_ok_2fps"] and s["motion_kendall_tau_2fps"] == 1.0, s["motion_scores_2fps"]
 
 
+def test_calibration_cuts_of_the_learned_detector() -> None:
+    """TransNetV2 (annotate.cuts.detector=transnetv2) after the same confirmation: every transition, nothing false
+    (its one raw false detection, on hologram flicker, is rejected as the same picture before and after)."""
+    cfg = dataclasses.replace(AnnotateConfig(), cuts=CutConfig(detector="transnetv2"), text_area=False)
+    s = evaluate(CALIBRATION, cfg, text_threshold=0.01)
+    assert s["false_transitions"] == 0 and s["cut_f1"] == 1.0, s["cuts_per_file"]
+
+
 def test_calibration_cascade_without_confirmation_shows_what_it_fixes() -> None:
     """Turning the confirmation off brings back the in-shot false transitions (cars passing, flicker, exposure),
     so the pinned zero above is the confirmation's doing."""

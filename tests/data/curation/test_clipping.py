@@ -20,9 +20,10 @@ from data.curation.clipping import (
     plan_clips,
     write_clip,
 )
-from data.curation.cuts import CutCascade, CutResult, Transition
+from data.curation.cuts import CutCascade
 from data.curation.probe import PacketIndex, VideoInfo, probe_video
 from data.curation.scan import scan_video
+from data.curation.transitions import CutResult, Transition
 from tests.data.curation.video_fixtures import encode_frames, textured_frames
 
 
@@ -95,7 +96,9 @@ def test_plan_falls_back_drops_and_splits() -> None:
     # a copy that would keep less than copy_min_fraction of the scene is re-encoded instead
     late = plan_clips(_cuts(n, [(0, 200)]), _info(n), [0.0, 150 / 24], ClipConfig(train_frames=1, min_seconds=1.0))
     assert [(s.start_frame, s.end_frame, s.copy) for s in late] == [(0, 200, True)]
-    late = plan_clips(_cuts(n, [(0, 20), (20, 200)]), _info(n), [0.0, 150 / 24], ClipConfig(train_frames=1, min_seconds=1.0))
+    late = plan_clips(
+        _cuts(n, [(0, 20), (20, 200)]), _info(n), [0.0, 150 / 24], ClipConfig(train_frames=1, min_seconds=1.0)
+    )
     assert [(s.start_frame, s.end_frame, s.copy) for s in late] == [(22, 200, False)]
     # 150 s at 24 fps with keyframes every 2 s, max 60 s: pieces end at keyframes, none longer than 60 s
     n = 3600
@@ -106,7 +109,8 @@ def test_plan_falls_back_drops_and_splits() -> None:
 
 def test_plan_uses_frame_times_for_variable_frame_rate() -> None:
     times = np.cumsum(np.r_[0.0, np.where(np.arange(99) % 2, 1 / 30, 1 / 15)])
-    spans = plan_clips(_cuts(100, [(0, 100)]), _info(100, fps=100 / times[-1]), [0.0], ClipConfig(train_frames=1, min_seconds=1.0),
+    cfg = ClipConfig(train_frames=1, min_seconds=1.0)
+    spans = plan_clips(_cuts(100, [(0, 100)]), _info(100, fps=100 / times[-1]), [0.0], cfg,
                        frame_times=times)  # fmt: skip
     assert spans[0].start_s == 0.0 and spans[0].end_s == pytest.approx(times[-1] + times[-1] / 100)
 
@@ -121,7 +125,9 @@ def test_copied_clip_is_pixel_exact(source: Path, tmp_path: Path) -> None:
     info, points = probe_video(source), copy_points(source)
     assert points.starts == (0, 12, 24, 36, 48, 60, 72, 84)
     cuts = _cuts(96, [(0, 30), (30, 96)])
-    spans = plan_clips(cuts, info, keyframe_times(source), ClipConfig(train_frames=1, min_seconds=1.0), copy_ends=points.ends)
+    spans = plan_clips(
+        cuts, info, keyframe_times(source), ClipConfig(train_frames=1, min_seconds=1.0), copy_ends=points.ends
+    )
     assert all(s.copy for s in spans) and spans[1].start_frame == 36
     reference = _decode(source)
     for i, span in enumerate(spans):
