@@ -42,6 +42,7 @@ frames after than to those before.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
@@ -250,6 +251,23 @@ class _Group:
         return min(self.found, key=lambda f: (f[1] - f[0], f[1]))[1]
 
 
+def _split_at_exact(g: _Group, window: float) -> list[_Group]:
+    """A chain of detections can link two exact (every-frame) detections further apart than ``window`` through a
+    coarse one between them (a flash, then a cut 0.7 s later, and a 4-fps detection spanning the gap): those are two
+    transitions. Each detection goes to the nearest exact anchor (0 for a range that holds it)."""
+    anchors: list[int] = []
+    for lo, hi, _ in sorted(g.found):
+        if lo == hi and (not anchors or lo - anchors[-1] > window):
+            anchors.append(lo)
+    if len(anchors) < 2:
+        return [g]
+    parts: list[list[tuple[int, int, str]]] = [[] for _ in anchors]
+    for det in g.found:
+        distance = [0 if det[0] <= a <= det[1] else min(abs(det[0] - a), abs(det[1] - a)) for a in anchors]
+        parts[int(np.argmin(distance))].append(det)
+    return [_Group(p) for p in parts if p]
+
+
 class CutCascade:
     """The detectors of ``cfg`` as taps for ``scan_video``; ``result(info)`` after the scan gives the transitions.
     ``info`` here (or ``begin(info)``, which ``scan_video`` calls on each tap) is only needed to drive the taps by
@@ -300,8 +318,9 @@ class CutCascade:
         return CutResult(scenes=scenes_between(kept, n), transitions=kept, num_frames=n, rejected=rejected)
 
     def _locate_all(self, groups: list[_Group], n: int, fps: float) -> list[Transition]:
-        """Locate each group's transition; groups whose spans overlap or touch (a slow fade out and in, found by
-        two detectors more than ``merge_window_s`` apart) become one group, located again over both."""
+        """Locate each group's transition; gradual transitions whose spans overlap or touch (a slow fade out and in,
+        found by two detectors more than ``merge_window_s`` apart) become one group, located again over both. A cut
+        is never merged: a flash just before a real cut must not swallow it."""
         while True:
             transitions = []
             for i, g in enumerate(groups):
@@ -309,10 +328,8 @@ class CutCascade:
                 right = n - 1 if i == len(groups) - 1 else (g.hi + groups[i + 1].lo) // 2
                 transitions.append(self._locate(g, left, right, fps))
             touching = [
-                i for i in range(len(transitions) - 1)
-                if transitions[i].end_frame - transitions[i].start_frame > 0
-                and transitions[i + 1].end_frame - transitions[i + 1].start_frame > 0
-                and transitions[i].end_frame >= transitions[i + 1].start_frame - 1
+                i for i, (t, u) in enumerate(itertools.pairwise(transitions))
+                if t.kind != "cut" and u.kind != "cut" and t.end_frame >= u.start_frame - 1
             ]  # fmt: skip
             if not touching:
                 return transitions
@@ -321,13 +338,14 @@ class CutCascade:
 
     def _groups(self, fps: float, n: int) -> list[_Group]:
         found = sorted((lo, hi, t.spec.name) for t in self.detector_taps for lo, hi in t.detections if 0 < hi < n)
+        window = self.cfg.merge_window_s * fps
         groups: list[_Group] = []
         for det in found:
-            if groups and det[0] - groups[-1].hi <= self.cfg.merge_window_s * fps:
+            if groups and det[0] - groups[-1].hi <= window:
                 groups[-1].found.append(det)
             else:
                 groups.append(_Group([det]))
-        return groups
+        return [part for g in groups for part in _split_at_exact(g, window)]
 
     def _locate(self, g: _Group, left: int, right: int, fps: float) -> Transition:
         cfg = self.cfg
