@@ -69,11 +69,12 @@ import data.curation.annotate as annotate
 from data.curation.annotate import Annotators, curate_video
 from data.curation.clip_scores import ClipScoreConfig
 from data.curation.config import AnnotateConfig
-from data.curation.cuts import CutConfig, DetectorTap, detect_cuts
+from data.curation.cuts import CutConfig, detect_cuts
 from data.curation.errors import CurationSkip
 from data.curation.inputs import RawVideo, safe_name
 from data.curation.motion import MotionTap
 from data.curation.probe import VideoInfo, probe_video
+from data.curation.scene_detectors import DetectorTap
 from data.curation.shot_signal import SignalTap
 from data.curation.text_area import TextAreaConfig
 

@@ -5,7 +5,7 @@ Usage: ``python scripts/eval_curation.py DIR [curation overrides ...] [--motion-
 ``DIR`` is laid out like the project's calibration set (``cuts/``, ``text/``, ``motion/``, each with a
 ``truth.json``; the README documents the format, ``data/curation/scoring.py`` the matching rules). The overrides are
 the curation's own (``conf/curate``), so what is scored is what ``python -m data.curation`` would run, e.g.
-``annotate.cuts.detector=transnetv2`` or ``annotate.text.short_side=960``.
+``annotate.cuts.detector=transnetv2`` or ``annotate.text.detect_px=12``.
 
 Prints a table to stderr and ONE JSON line to stdout: ``cut_precision``, ``cut_recall``, ``cut_f1``,
 ``recall_per_kind``, ``false_transitions`` (with ``false_transition_list``: file, frame and where it lies),

@@ -16,9 +16,9 @@ from data.curation.annotate import Annotators, curate_video
 from data.curation.inputs import RawVideo
 
 REPO = Path(__file__).resolve().parents[2]
-# One 64x96 video at 12 fps, 2-3 scenes of 2.5-3 s, a small text detector input: about a second per repetition.
+# One 64x96 video at 12 fps, 2-3 scenes of 2.5-3 s: about a second per repetition; two of the cut detectors alone.
 TINY = ["--num-videos", "1", "--size", "64x96", "--fps", "12", "--scenes", "2,3", "--scene-seconds", "2.5,3"]
-TINY += ["--reps", "2", "--text-short-side", "64"]
+TINY += ["--reps", "2", "--detectors", "cascade,transnetv2"]
 
 
 @functools.cache
@@ -61,6 +61,9 @@ def test_bench_prints_one_json_line_whose_parts_add_up(capsys):
     assert r["pipeline_over_decode"] == pytest.approx(s["pipeline"] / s["decode"], rel=2e-3)
     assert r["full_pipeline_over_decode"] == pytest.approx(s["full_pipeline"] / s["decode"], rel=2e-3)
     assert len(r["pipeline_over_decode_reps"]) == 2 and r["target_cuts_motion_text_over_decode"] == 2.0
+    assert set(r["cut_detectors"]) == {"cascade", "transnetv2"}
+    for cost in r["cut_detectors"].values():
+        assert cost["s_per_video_s_per_core"] > 0 and cost["over_decode"] > 0
 
 
 def test_bench_on_a_users_file_with_a_captioner(tmp_path, capsys):
@@ -68,7 +71,7 @@ def test_bench_on_a_users_file_with_a_captioner(tmp_path, capsys):
 
     path = tmp_path / "mine.mp4"
     write_demo_video(path, seconds=6.0, fps=12.0, size=(96, 64), seed=3, num_scenes=2)
-    argv = ["--videos", str(path), "--reps", "1", "--text-short-side", "64", "--no-clip-scores"]
+    argv = ["--videos", str(path), "--reps", "1", "--detectors", "", "--no-clip-scores"]
     r = _run(capsys, [*argv, "--captioner", "coca", "--captioner-model", "tiny"])
     assert (r["source"], r["videos"], r["clip_model"], r["captioner"]) == ("files", 1, None, "coca:tiny")
     assert r["clips"] == 2  # one per scene
@@ -84,7 +87,7 @@ def test_instrumented_curate_video_gives_the_same_clips(tmp_path):
     raw = RawVideo(key="v", source=str(path), path=str(path), caption="a red square")
     script = _script()
     clock = script.StageClock()
-    timed = script.build_annotators(script.parse_args(["--text-short-side", "64"]), clock)
+    timed = script.build_annotators(script.parse_args(["--text-detect-px", "10"]), clock)
     with script.instrumented(clock):
         got = curate_video(raw, timed)
     want = curate_video(raw, Annotators.build(timed.cfg))

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from data.curation.cuts import CutCascade, CutConfig, DetectorSpec, detect_cuts
+from data.curation.cuts import CutCascade, CutConfig, detect_cuts
 from data.curation.probe import probe_video
 from data.curation.scan import scan_video
+from data.curation.scene_detectors import DetectorSpec
 from data.curation.transitions import CutResult
 from data.demo_data import write_demo_video
 from tests.data.curation.video_fixtures import encode_frames
