@@ -4,7 +4,9 @@
 data/ trainer/ strategy/ logger/ paths/ debug/``; ``experiment/`` holds deltas over all of them). Hydra merges
 the yaml files onto these dataclasses in struct mode, so a misspelled key fails at composition with the valid
 keys, and a default lives in exactly one place: here. Choices that OmegaConf cannot type (``Literal``) are
-checked by ``validate`` with the valid options in the message.
+checked by ``validate`` with the valid options in the message. ``+key=value`` lifts struct mode for that key, so
+the entry point checks such arguments against these dataclasses before composing (``check_added_keys``) and
+``validate`` walks the composed config against them (``check_known_keys``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from data.micro_cond import MotionBucketMapping
+from train.config_keys import check_known_keys
 
 OBJECTIVES = ("diffusion", "autoencoder", "temporal_decoder")
 MEDIA = ("images", "clips")
@@ -323,7 +326,9 @@ def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """The checks OmegaConf cannot express: unset required values, string choices and cross-group consistency."""
+    """The checks OmegaConf cannot express: unknown keys added with ``+``, unset required values, string choices
+    and cross-group consistency."""
+    check_known_keys(cfg, TrainConfig)
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (InterpolationResolutionError, MissingMandatoryValue) as err:

@@ -9,6 +9,7 @@ from models.checkpoints.official import (
 )
 from models.checkpoints.safe_load import (
     SUPPORTED_SUFFIXES,
+    CorruptCheckpointError,
     UnsafeCheckpointError,
     load_state_dict,
     save_state_dict,
@@ -18,6 +19,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "VARIANTS",
     "CheckpointSizes",
+    "CorruptCheckpointError",
     "LoadedCheckpoint",
     "OfficialCheckpointModel",
     "UnsafeCheckpointError",

@@ -3,7 +3,8 @@
 ``load_state_dict`` reads ``.safetensors`` directly and the pickle formats (``.ckpt``, ``.pt``, ``.pth``,
 ``.bin``) only through ``torch.load(weights_only=True)``, whose unpickler allows tensors, containers and
 primitives but no arbitrary globals. A pickle that needs anything else is refused with
-``UnsafeCheckpointError`` before any of its code can run. ``save_state_dict`` writes safetensors atomically
+``UnsafeCheckpointError`` before any of its code can run; a truncated or damaged file is refused with
+``CorruptCheckpointError`` naming the file and the fix. ``save_state_dict`` writes safetensors atomically
 (temp file in the same folder, fsync, ``os.replace``), so a crash mid-save never leaves a half-written file
 under the final name.
 """
@@ -28,10 +29,15 @@ SUPPORTED_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
 # Keys under which trainers nest the weights: Lightning/ldm (.ckpt), DeepSpeed ("module"), many others ("model").
 _WRAPPER_KEYS = ("state_dict", "module", "model")
 _WEIGHTS_ONLY_MARKER = "Weights only load failed"
+_LFS_POINTER = b"version https://git-lfs"
 
 
 class UnsafeCheckpointError(ValueError):
     """A pickle checkpoint holds code or objects beyond tensors; it was refused, nothing in it was executed."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is truncated or damaged (an interrupted download, copy or save; a Git LFS pointer)."""
 
 
 def load_state_dict(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -51,7 +57,14 @@ def load_state_dict(path: str | os.PathLike[str], *, device: str | torch.device 
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
 
     if suffix == SAFETENSORS_SUFFIX:
-        return dict(safetensors.torch.load_file(path, device=str(device)))
+        try:
+            return dict(safetensors.torch.load_file(path, device=str(device)))
+        except safetensors.SafetensorError as err:
+            # Header errors ("header too large", "incomplete metadata, file not fully covered", ...) mean the
+            # bytes are not a complete safetensors file; anything else (a bad device) is not the file's fault.
+            if "deserializ" not in str(err).lower():
+                raise
+            raise _corrupt_error(path, str(err).partition(": ")[2] or str(err)) from None
 
     obj = _torch_load_weights_only(path, device=device)
     return _tensors_only(_unwrap(obj, path=path), path=path)
@@ -96,9 +109,13 @@ def _torch_load_weights_only(path: Path, *, device: str | torch.device) -> objec
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:  # same class as _pickle.UnpicklingError
         raise _unsafe_error(path, err) from None
+    except EOFError:
+        raise _corrupt_error(path, "the pickle ends early") from None
     except RuntimeError as err:
         if _WEIGHTS_ONLY_MARKER in str(err):
             raise _unsafe_error(path, err) from None
+        if "PytorchStreamReader" in str(err):  # a torch.save zip archive cut short or overwritten
+            raise _corrupt_error(path, str(err).split(". ")[0]) from None
         raise
 
 
@@ -115,19 +132,52 @@ def _culprit(err: BaseException) -> str:
     return " ".join(lines)[:300] or type(err).__name__
 
 
+def _contents(reason: str) -> str:
+    """What the refused pickle holds, in words, from torch's unpickler message."""
+    found = re.search(r"GLOBAL\s+([\w.]+)", reason)
+    if found:
+        return f"the Python global {found.group(1)}, which unpickling would import and may call"
+    if "operand" in reason.lower():
+        return f"a pickle instruction that torch.save files do not use ({reason}): a plain pickle or not a checkpoint"
+    return f"something weights-only loading rejects ({reason})"
+
+
 def _unsafe_error(path: Path, err: BaseException) -> UnsafeCheckpointError:
-    reason = _culprit(err)
+    # No ready-to-paste command here on purpose: one line that unpickles the refused file would run its code.
     return UnsafeCheckpointError(
-        f"Refusing to load {path}: it contains pickled Python code or objects beyond tensors, containers and "
-        f"primitives (or is not a valid torch file), so torch.load(weights_only=True) rejected it. Nothing in "
-        f"the file was executed. torch said: {reason}\n"
-        f"If and only if you trust where the file came from, convert it once to safetensors and load that:\n"
-        f'  python -c "import torch; from models.checkpoints import save_state_dict; '
-        f"sd = torch.load('{path}', map_location='cpu', weights_only=False); "
-        f"sd = sd.get('state_dict', sd); "
-        f"save_state_dict({{k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}}, "
-        f"'{path.with_suffix(SAFETENSORS_SUFFIX)}')\""
+        f"Refusing to load {path}: it is a pickle that needs {_contents(_culprit(err))}; weights-only loading "
+        f"allows tensors, containers and primitives only. Nothing in the file was executed. Do not load a file of "
+        f"unknown origin any other way. If you TRUST where it came from (you or a colleague saved it), convert it "
+        f"once on a trusted machine: load it there with full unpickling, take the model's state dict from it (the "
+        f"'state_dict' entry of a Lightning checkpoint), keep only its tensors, write them with "
+        f"models.checkpoints.save_state_dict to {path.with_suffix(SAFETENSORS_SUFFIX)}, and use that file instead."
     )
+
+
+def _corrupt_error(path: Path, reason: str) -> CorruptCheckpointError:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
+            return CorruptCheckpointError(
+                f"{path} is a Git LFS pointer ({size} bytes), not the weights; fetch the file itself with "
+                f"`git lfs pull` or download it again"
+            )
+    return CorruptCheckpointError(
+        f"{path} ({_human_size(size)}) is truncated or corrupt, not a complete checkpoint ({reason}); download or "
+        f"copy it again, or export it again from the run that made it (an interrupted download, copy or save "
+        f"leaves such a file)"
+    )
+
+
+def _human_size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    size = n / 1024
+    for unit in ("KB", "MB", "GB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
 
 
 def _unwrap(obj: object, *, path: Path) -> Mapping[object, object]:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from train.builders import build_objective, dataset_config, unet_spec
-from train.config import validate
+from train.config import TrainConfig, validate
+from train.config_keys import check_added_keys
 from train.run import build_trainer
 
 from .conftest import CONF
@@ -73,6 +79,64 @@ def test_a_misspelled_key_fails_at_composition(compose_cfg):
     with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
         compose_cfg("stage=video_pretrain", "stage.optim.lrr=1")
     assert "lrr" in str(err.value) or "lrr" in str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("+stage.max_stpes=3", "stage.max_stpes"),
+        ("+trainer.foo=1", "trainer.foo"),
+        ("+data.bar=1", "data.bar"),
+        ("+model.x=1", "model.x"),
+        ("++stage.sigma.p_maen=1", "stage.sigma.p_maen"),
+        ("+data.sources.0.wieght=2", "data.sources[0].wieght"),
+        ("+foo=1", "foo"),
+    ],
+)
+def test_a_key_added_with_plus_is_checked_against_the_schema(compose_cfg, override, key):
+    # Hydra adds "+" keys under open_dict (struct mode never sees them); validate walks the schema dataclasses.
+    cfg = compose_cfg("stage=video_pretrain", "experiment=demo", override)
+    with pytest.raises(ValueError, match=rf"unknown config key {re.escape(key)}\b.*valid keys of ") as err:
+        validate(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_an_unknown_key_names_the_closest_field(compose_cfg):
+    cfg = compose_cfg("stage=video_pretrain", "experiment=demo", "+stage.max_stpes=3")
+    with pytest.raises(ValueError, match=r"did you mean stage\.max_steps\?"):
+        validate(cfg)
+
+
+def test_known_keys_and_open_dicts_still_validate(compose_cfg):
+    cfg = compose_cfg("stage=video_pretrain", "experiment=demo", "stage.max_steps=3", "+conditioner.ucg_rates.fps=0.1")
+    validate(cfg)
+    assert cfg.stage.max_steps == 3 and cfg.conditioner.ucg_rates.fps == 0.1
+
+
+@pytest.mark.parametrize("flags", [[], ["--cfg", "job"]], ids=["run", "cfg_job"])
+def test_the_cli_refuses_a_plus_typo_before_anything_runs(tmp_path, flags):
+    # "--cfg job" is the slurm scripts' pre-submit check; it composes without ever calling validate.
+    root = CONF.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    overrides = ["stage=video_pretrain", "experiment=demo", "+stage.max_stpes=3", f"paths.root={tmp_path}", *flags]
+    result = subprocess.run(
+        [sys.executable, "-m", "train", *overrides], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    assert "unknown config key stage.max_stpes (did you mean stage.max_steps?)" in result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_added_keys_are_checked_before_composition_and_groups_are_left_to_hydra():
+    groups_and_open_dicts = ["+experiment=demo", "+model@extra=tiny", "+conditioner.ucg_rates.fps=0.1", "--cfg", "job"]
+    check_added_keys(["stage=video_pretrain", *groups_and_open_dicts], schema=TrainConfig, conf_dir=CONF)
+    for typo, key in [
+        ("+stage.sigma={p_maen: 1}", "stage.sigma.p_maen"),
+        ("+data.sources=[{urls: [a.tar], wieght: 1}]", "data.sources[0].wieght"),
+        ("++trainer.foo=1", "trainer.foo"),
+    ]:
+        with pytest.raises(ValueError, match=rf"unknown config key {re.escape(key)}\b"):
+            check_added_keys(["stage=video_pretrain", typo], schema=TrainConfig, conf_dir=CONF)
 
 
 def test_a_wrongly_typed_value_fails_at_composition(compose_cfg):

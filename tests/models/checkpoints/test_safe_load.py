@@ -11,6 +11,7 @@ import torch
 
 from models.checkpoints import (
     SUPPORTED_SUFFIXES,
+    CorruptCheckpointError,
     UnsafeCheckpointError,
     load_state_dict,
     save_state_dict,
@@ -116,9 +117,16 @@ def test_code_carrying_pickle_is_refused_and_nothing_runs(tmp_path: Path, writer
         load_state_dict(path)
     assert not marker.exists()
     assert isinstance(info.value, ValueError)
-    assert ".safetensors" in str(info.value)
+    message = str(info.value)
+    # One line: the file, what it holds, how to convert a TRUSTED copy (in words) and the safetensors target...
+    assert "\n" not in message and str(path) in message and "TRUST" in message
+    assert str(path.with_suffix(".safetensors")) in message and "save_state_dict" in message
+    # ...but no ready-to-paste way to unpickle the very file that was refused.
+    assert "weights_only=False" not in message and "python -c" not in message and "torch.load(" not in message
     if writer != "pickle_default_protocol":  # newer protocols are rejected at an opcode, before the global
-        assert "_touch_marker" in str(info.value)
+        assert "the Python global " in message and "._touch_marker" in message
+    else:
+        assert "pickle instruction" in message
 
 
 def test_os_system_payload_is_refused(tmp_path: Path) -> None:
@@ -132,9 +140,55 @@ def test_os_system_payload_is_refused(tmp_path: Path) -> None:
 
     path = tmp_path / "evil.bin"
     torch.save({"w": torch.zeros(1), "x": _System()}, path)
-    with pytest.raises(UnsafeCheckpointError):
+    with pytest.raises(UnsafeCheckpointError, match=r"the Python global posix\.system"):
         load_state_dict(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("truncated", "incomplete metadata"),  # an interrupted download or copy: the header promises more bytes
+        ("cut_in_header", "header"),
+        ("garbage", "header too large"),  # the first 8 bytes read as an absurd header length
+        ("empty", "header too small"),
+    ],
+)
+def test_a_corrupt_safetensors_names_the_file_and_the_fix(tmp_path: Path, damage: str, reason: str) -> None:
+    good = tmp_path / "good.safetensors"
+    save_state_dict(_small_state_dict(), good)
+    data = good.read_bytes()
+    content = {
+        "truncated": data[: len(data) // 2],
+        "cut_in_header": data[:20],
+        "garbage": bytes(range(256)) * 4,
+        "empty": b"",
+    }[damage]
+    path = tmp_path / "bad" / "model.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.raises(CorruptCheckpointError) as info:
+        load_state_dict(path)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError) and "\n" not in message
+    assert message.startswith(f"{path} (") and "truncated or corrupt" in message and reason in message
+    assert "download or copy it again" in message and "export it again" in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_git_lfs_pointer_says_to_fetch_the_weights(tmp_path: Path) -> None:
+    path = tmp_path / "svd_xt.safetensors"
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 9559625024\n")
+    with pytest.raises(CorruptCheckpointError, match=r"svd_xt\.safetensors is a Git LFS pointer .*git lfs pull"):
+        load_state_dict(path)
+
+
+def test_a_truncated_torch_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": _small_state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CorruptCheckpointError, match=r"last\.ckpt \(200 bytes\) is truncated or corrupt"):
+        load_state_dict(path)
 
 
 def test_unknown_suffix_names_supported_ones(tmp_path: Path) -> None:
