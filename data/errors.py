@@ -1,4 +1,5 @@
-"""Why a sample was skipped. Every skip is counted per reason and reported once, naming shard and key."""
+"""Why a sample was skipped, or used only after padding. Every skip and every padded sample is counted per reason
+(``data/stream_state.py``); skips are reported once each, naming shard and key."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ SkipReason = Literal[
     "missing_shard",  # the shard file or pipe cannot be opened
     "corrupt_latents",  # a cached KEY.latents.safetensors (data/latent_cache.py) that does not load or is malformed
     "filtered",  # dropped by a metadata filter (not an error; counted separately)
+]
+
+
+# Samples trained on, but not as they came: counted like skips so that a run that learns from padded clips says so.
+PadReason = Literal[
+    "padded_short",  # a video shorter than the clip, its last frame repeated to fill it (on_short="pad")
 ]
 
 

@@ -156,6 +156,8 @@ def decode_cached_sample(
         motion_bucket_id, motion_default = motion_bucket_for(meta, micro)
         if counters is not None and motion_default:
             counters["motion_default"] += 1
+        if counters is not None and int(info.get("num_padded", 0)) > 0:  # padded when it was cached
+            counters["padded_short"] += 1
     txt = _as_text(record["txt"]) if record.get("txt") is not None else None
     choice = captions.pick(meta, txt=txt, rng=rng)
     if counters is not None and choice.source == "none":

@@ -5,8 +5,9 @@ with ``image_only_indicator`` zeros; image samples (img2dataset layout: ``KEY.jp
 ``KEY.json``) become 1-frame clips with ``image_only_indicator`` ones and the default ``fps_id`` and
 ``motion_bucket_id``. Frames are (T, 3, H, W) uint8 either way (the trainer maps them to [-1, 1]). The json is
 parsed before any media is decoded, so a bad json costs nothing. Problems raise ``BadSample``; conditions that are
-not errors but worth counting (a converted image mode, a default motion bucket, a missing caption) are added to the
-optional ``counters``.
+not errors but worth counting (a converted image mode, a default motion bucket, a missing caption, a clip padded
+because the video is short: ``padded_short``, which ``data/stream.py`` counts per worker) are added to the optional
+``counters``.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def decode_sample(
         fps_id = fps_id_for(decoded.effective_fps, micro)
         motion_bucket_id, motion_default = motion_bucket_for(meta, micro)
         _count(counters, "motion_default", motion_default)
-        _count(counters, "padded_clip", decoded.num_padded > 0)
+        _count(counters, "padded_short", decoded.num_padded > 0)
     else:
         assert image is not None
         decoded_image = decode_image(bytes(image[1]), size=clip.size, crop=clip.crop, rng=rng)

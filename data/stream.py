@@ -7,7 +7,7 @@ Per global worker ``g = rank * num_workers + worker_id`` (of ``G = world_size * 
       -> weighted mix of the sources (seeded per-record choice)
       -> shuffle buffer of raw records (seeded)
       -> record index n = 0, 1, 2, ...  (the resume position)
-      -> json parse, metadata filters, decode(record, rng)  (skips counted per reason)
+      -> json parse, metadata filters, decode(record, rng, counters)  (skips and padded samples counted per reason)
       -> Sample + ``sample["_stream"]``
 
 Everything above the record index is a pure function of (seed, epoch, g, G) and of the shard bytes, never of
@@ -28,6 +28,11 @@ Bad input: a skipped record or shard gives one warning line naming shard, key an
 ``warn_limit`` skips per reason and worker (then one line saying further ones are only counted, so a broken
 dataset cannot flood the logs); ``filtered`` is logged at debug level. If a whole epoch of every source gives
 no valid sample, the worker raises RuntimeError with the counts per reason.
+
+Padded samples: a decode that pads a sample (a video shorter than the clip with ``on_short="pad"``) says so in
+``counters`` under a ``data.errors.PadReason`` (``padded_short``); the stream counts it per reason next to the skips
+and logs the first one per worker, so a run that trains on padded clips shows it in its metrics
+(``data/padded_short``, from ``StreamStats.metrics``).
 
 Counters reach the trainer on the samples (workers are separate processes): each yielded sample carries
 ``sample["_stream"] = {"worker": g, "workers": G, "rank_workers", "epoch", "index": n, "stats": {...}}`` where
@@ -53,6 +58,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,15 +71,18 @@ from data.batch import Sample
 from data.errors import BadSample
 from data.micro_cond import lookup
 from data.sources import DataSources, RawRecord, SourceSpec, assign_shards, iter_shard_records, read_key_list
-from data.stream_state import STREAM_KEY, StreamStats
+from data.stream_state import PAD_REASONS, STREAM_KEY, StreamStats
 
 log = logging.getLogger(__name__)
 
 
 class DecodeFn(Protocol):
-    """``decode(record, rng=...)``: e.g. ``functools.partial(data.sample_decode.decode_sample, clip=..., ...)``."""
+    """``decode(record, rng=..., counters=...)``: e.g. ``functools.partial(data.sample_decode.decode_sample, ...)``.
 
-    def __call__(self, record: RawRecord, *, rng: np.random.Generator) -> Sample: ...
+    ``counters`` collects what is worth counting about a decoded sample; the stream keeps the ``PadReason`` ones.
+    """
+
+    def __call__(self, record: RawRecord, *, rng: np.random.Generator, counters: Counter[str]) -> Sample: ...
 
 
 # Seed-sequence tags so the shard permutation, mixing, shuffle and decode rngs are independent streams.
@@ -160,12 +169,19 @@ class _Run:
         if count == self.warn_limit:
             log.warning("worker %d: %d %s skips; further ones are counted, not logged", self.worker, count, reason)
 
+    def pad(self, reason: str, url: str, key: str) -> None:
+        self.stats.padded[reason] += 1
+        if self.stats.padded[reason] == 1:  # padding is a setting (on_short="pad"), not damage: one line is enough
+            log.warning("worker %d: sample shard=%s key=%s is padded (%s); further ones are counted, not logged",
+                        self.worker, url, key, reason)  # fmt: skip
+
 
 class ShardStream(IterableDataset):
     """Deterministic, resumable stream of decoded samples from weighted WebDataset sources (see module doc).
 
-    ``decode(record, rng=rng)`` gets the raw record (``"__key__"``, ``"__url__"`` as str, one bytes value per
-    member extension) and raises ``BadSample`` to skip it; other exceptions propagate (they are bugs).
+    ``decode(record, rng=rng, counters=counters)`` gets the raw record (``"__key__"``, ``"__url__"`` as str, one
+    bytes value per member extension) and raises ``BadSample`` to skip it; other exceptions propagate (they are
+    bugs). A ``PadReason`` it adds to ``counters`` is counted as a padded sample.
     """
 
     def __init__(
@@ -337,10 +353,14 @@ class ShardStream(IterableDataset):
                 if not flt.passes(meta):
                     raise BadSample("filtered", f"{flt.field}={lookup(meta, flt.field)!r}")
             rng = np.random.default_rng([self.config.seed, _TAG_DECODE, self.epoch, g, n])
-            sample = self.decode(record, rng=rng)
+            counters: Counter[str] = Counter()
+            sample = self.decode(record, rng=rng, counters=counters)
         except BadSample as e:
             run.skip(e.reason, url, key, e.detail)
             return None
+        for reason in PAD_REASONS:
+            if counters[reason]:
+                run.pad(reason, url, key)
         sample["key"], sample["shard"] = key, url
         run.stats.samples_yielded += 1
         return sample

@@ -13,35 +13,50 @@ from typing import Any, get_args
 
 import torch
 
-from data.errors import SkipReason
+from data.errors import PadReason, SkipReason
 
 STREAM_KEY = "_stream"
 SKIP_REASONS: tuple[str, ...] = get_args(SkipReason)
+PAD_REASONS: tuple[str, ...] = get_args(PadReason)
 
 
 @dataclass
 class StreamStats:
-    """Counts of one worker (or, summed, of many): yielded samples, records read, and skips per reason."""
+    """Counts of one worker (or, summed, of many): yielded samples, records read, skips and padded samples per
+    reason. Every reason is always present (zero or not), so the per-sample copies collate into equal dicts."""
 
     samples_yielded: int = 0
     records_read: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    padded: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PAD_REASONS, 0))
 
     def as_dict(self) -> dict[str, int]:
-        return {"samples_yielded": self.samples_yielded, "records_read": self.records_read, **self.skipped}
+        return {"samples_yielded": self.samples_yielded, "records_read": self.records_read, **self.skipped,
+                **self.padded}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, int]) -> StreamStats:
         skipped = {r: int(d.get(r, 0)) for r in SKIP_REASONS}
-        return cls(int(d.get("samples_yielded", 0)), int(d.get("records_read", 0)), skipped)
+        padded = {r: int(d.get(r, 0)) for r in PAD_REASONS}  # absent from states saved before padding was counted
+        return cls(int(d.get("samples_yielded", 0)), int(d.get("records_read", 0)), skipped, padded)
 
     def __add__(self, other: StreamStats) -> StreamStats:
         skipped = {r: self.skipped[r] + other.skipped[r] for r in SKIP_REASONS}
+        padded = {r: self.padded[r] + other.padded[r] for r in PAD_REASONS}
         return StreamStats(self.samples_yielded + other.samples_yielded, self.records_read + other.records_read,
-                           skipped)  # fmt: skip
+                           skipped, padded)  # fmt: skip
 
     def nonzero_skips(self) -> dict[str, int]:
         return {r: c for r, c in self.skipped.items() if c}
+
+    def nonzero_padded(self) -> dict[str, int]:
+        return {r: c for r, c in self.padded.items() if c}
+
+    def metrics(self) -> dict[str, int]:
+        """The nonzero counters under their metric names: ``data/skipped_<reason>`` and ``data/<pad reason>``
+        (``data/padded_short``), for the trainer's metrics row."""
+        skips = {f"data/skipped_{r}": c for r, c in self.nonzero_skips().items()}
+        return {**skips, **{f"data/{r}": c for r, c in self.nonzero_padded().items()}}
 
 
 class StreamTracker:

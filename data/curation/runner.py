@@ -16,17 +16,27 @@ Layout under ``out``::
 Every file is written under a temporary name and renamed; a unit counts as done only once its ``.done`` marker
 exists, and a re-run redoes exactly the units without one. Since each unit's output is a pure function of its
 input and the config, a killed and re-run job ends with the same bytes as an uninterrupted one.
+
+With ``workers > 1`` the units go to spawned pool workers, which must not outlive the curation process: a SIGKILL
+of the parent (an OOM kill, ``scancel``, a killed shell) runs no cleanup, and orphaned workers would go on writing
+units the re-run also writes. Each worker asks Linux for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``) and,
+where that is not available, checks before each unit, each video and the unit's commit that its parent is still
+the one that started it. Either way it ends without committing the unit it was on, which the re-run redoes.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +71,14 @@ def _set_threads(n: int) -> None:
     cv2.setNumThreads(n)
 
 
-def annotate_unit(unit: InputUnit, annotators: Annotators, out: str) -> dict[str, Any]:
-    """Curate every video of one unit and write its outputs; returns the unit's stats."""
+def annotate_unit(
+    unit: InputUnit, annotators: Annotators, out: str, *, check: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Curate every video of one unit and write its outputs; returns the unit's stats.
+
+    ``check`` runs before each video and once more before anything of the unit is renamed into place (a pool
+    worker's orphan check, which ends the process).
+    """
     paths = unit_paths(out, unit)
     for path in paths.values():  # temp files a killed run left behind for this unit (each unit has one writer)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):
@@ -76,6 +92,8 @@ def annotate_unit(unit: InputUnit, annotators: Annotators, out: str) -> dict[str
     with ShardWriter(paths["shard"]) as writer:
         try:
             for raw in iter_videos(unit):
+                if check is not None:
+                    check()
                 stats["videos"] += 1
                 outcome: VideoOutcome = curate_video(raw, annotators)
                 skips.update(outcome.skips)
@@ -90,6 +108,8 @@ def annotate_unit(unit: InputUnit, annotators: Annotators, out: str) -> dict[str
             skips[reason] += 1
             problems.append({"source": unit.url, "reason": reason, "detail": f"{e.reason}: {e.detail}"})
             log.warning("shard %s: %s (%s)", unit.url, e.reason, e.detail)
+        if check is not None:
+            check()  # before the shard's rename: an orphan's last video must not complete the unit
         stats["clips"] = writer.count
     buf = io.BytesIO()
     np.savez(buf, **thumbs)  # type: ignore[arg-type]
@@ -115,6 +135,44 @@ def _worker_run(unit: InputUnit) -> dict[str, Any]:
     return annotate_unit(unit, _WORKER["annotators"], _WORKER["out"])
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent exits (Linux); False where prctl is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _exit_if_orphaned() -> None:
+    """End this pool worker at once if the process that started it is gone (it was reparented).
+
+    ``os._exit``: no exception unwinds through ``annotate_unit``, so nothing of the unit is renamed into place or
+    marked done; its temporary files are removed when the re-run redoes the unit.
+    """
+    if os.getppid() != _WORKER["parent"]:
+        log.error("worker %d: the curation process %d is gone; exiting", os.getpid(), _WORKER["parent"])
+        logging.shutdown()
+        os._exit(1)
+
+
+def _pool_worker_init(cfg: CurateConfig, parent: int) -> None:
+    _WORKER["parent"] = parent
+    _die_with_parent()  # the parent-pid checks below cover platforms without it
+    _exit_if_orphaned()  # the parent may have died before the death signal was set
+    _worker_init(cfg)
+
+
+def _pool_worker_run(unit: InputUnit) -> dict[str, Any]:
+    _exit_if_orphaned()
+    return annotate_unit(unit, _WORKER["annotators"], _WORKER["out"], check=_exit_if_orphaned)
+
+
 def run_annotate(cfg: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
     """Annotate this part's units that are not done yet; returns counts for the part."""
     units = list_units(list(cfg.input))
@@ -135,8 +193,9 @@ def run_annotate(cfg: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
             bar.update()
     else:
         ctx = mp.get_context("spawn")  # fresh interpreters: no inherited OpenMP / decoder state
-        with ctx.Pool(min(cfg.workers, len(todo)), initializer=_worker_init, initargs=(cfg,)) as pool:
-            for stats in pool.imap_unordered(_worker_run, todo):
+        workers = min(cfg.workers, len(todo))
+        with ctx.Pool(workers, initializer=_pool_worker_init, initargs=(cfg, os.getpid())) as pool:
+            for stats in pool.imap_unordered(_pool_worker_run, todo):
                 results.append(stats)
                 bar.update()
     bar.close()

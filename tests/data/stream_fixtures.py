@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,15 +51,18 @@ def write_shards(root: Path, *, num_shards: int, per_shard: int, prefix: str = "
 
 
 class CountingDecode:
-    """decode(record, rng=rng) -> Sample from the json; BadSample("corrupt_video") when the payload is b"bad"."""
+    """decode(record, rng=rng, counters=counters) -> Sample from the json; BadSample("corrupt_video") when the
+    payload is b"bad"; a sample counted as padded_short (as a short video with on_short="pad") when it is b"short"."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def __call__(self, record: dict[str, Any], *, rng: np.random.Generator) -> Sample:
+    def __call__(self, record: dict[str, Any], *, rng: np.random.Generator, counters: Counter[str]) -> Sample:
         self.calls.append(str(record["__key__"]))
         if record.get("mp4") == b"bad":
             raise BadSample("corrupt_video", "cannot open")
+        if record.get("mp4") == b"short":
+            counters["padded_short"] += 1
         meta = json.loads(record["json"])
         return Sample(
             frames=torch.full((1, 3, 2, 2), float(rng.random())),

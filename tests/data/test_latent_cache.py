@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,13 @@ def test_decode_sample_dispatches_and_refuses_a_mismatched_clip_spec(cached):
     broken = {**record, LATENT_MEMBER: record[LATENT_MEMBER][:50]}
     with pytest.raises(BadSample, match="corrupt_latents"):
         decode_sample(broken, clip=CLIP, **kw)
+    meta = json.loads(record["json"])
+    meta["latent_cache"]["num_padded"] = 2  # a short video, padded when it was cached: counted like a decoded one
+    counters: Counter[str] = Counter()
+    decode_sample({**record, "json": json.dumps(meta).encode()}, clip=CLIP, counters=counters, **kw)
+    assert counters["padded_short"] == 1
+    decode_sample(record, clip=CLIP, counters=counters, **kw)
+    assert counters["padded_short"] == 1
 
 
 def test_rerun_skips_done_shards_and_redoes_a_shard_without_marker(source, cached, capsys, tmp_path):

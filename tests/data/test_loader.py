@@ -140,3 +140,32 @@ def test_resident_memory_stays_flat_over_many_real_decodes(demo):
     gc.collect()
     growth = rss() - before
     assert growth < 24 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 2000 decodes"
+
+
+@pytest.mark.parametrize("on_short", ["pad", "skip"])
+def test_a_short_video_is_counted_as_padded_or_skipped(make_mp4, tmp_path, on_short):
+    """on_short="pad" (the demo's setting) trains on a 1-frame video as a static clip: counted as padded_short, which
+    reaches the trainer's metrics as data/padded_short; on_short="skip" skips it as too_few_frames."""
+    members = {}
+    for i in range(4):  # v1 has one frame; the others 40, plenty for 4 frames at stride 2
+        members[f"v{i}.mp4"] = make_mp4(num_frames=1 if i == 1 else 40)
+        members[f"v{i}.json"] = json.dumps({"caption": f"video {i}"}).encode()
+    write_tar_shard(tmp_path / "s.tar", members)  # members in name order: v1 comes before the last sample
+    config = DatasetConfig(
+        sources=[SourceSpec(urls=[str(tmp_path / "s.tar")])],
+        clip=ClipSpec(num_frames=4, target_fps=12.0, size=SIZE, start="center", on_short=on_short),
+        stream=StreamConfig(seed=0, shuffle_buffer=0, passes=1),
+    )
+    tracker, static = StreamTracker(), []
+    for batch in build_dataloader(build_stream(config, rank=0, world_size=1), batch_size=2, num_workers=0):
+        tracker.update(batch["_stream"])
+        static += [k for k, f in zip(batch["key"], batch["frames"], strict=True) if bool((f == f[0]).all())]
+    stats = tracker.stats()
+    if on_short == "pad":
+        assert static == ["v1"] and stats.samples_yielded == 4
+        assert stats.padded == {"padded_short": len(static)} and stats.nonzero_skips() == {}
+        assert stats.metrics() == {"data/padded_short": 1}
+    else:
+        assert static == [] and stats.samples_yielded == 3
+        assert stats.nonzero_skips() == {"too_few_frames": 1} and stats.nonzero_padded() == {}
+        assert stats.metrics() == {"data/skipped_too_few_frames": 1}

@@ -61,7 +61,7 @@ def test_padded_clip_is_counted(make_mp4):
     counters: Counter[str] = Counter()
     clip = ClipSpec(num_frames=8, target_fps=12, size=(32, 48), start="center", on_short="pad")
     _decode({"__key__": "k", "mp4": make_mp4(num_frames=10), "json": b"{}"}, clip=clip, counters=counters)
-    assert counters == Counter({"motion_default": 1, "padded_clip": 1, "no_caption": 1})
+    assert counters == Counter({"motion_default": 1, "padded_short": 1, "no_caption": 1})
 
 
 @pytest.mark.parametrize("ext", ["png", "jpg", "webp"])

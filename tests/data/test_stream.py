@@ -307,3 +307,26 @@ def test_memory_stays_flat_over_thousands_of_samples(tmp_path: Path) -> None:
             decode_calls.clear()
     growth = _rss_bytes() - before
     assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 4000 samples"
+
+
+def test_padded_samples_are_counted_logged_once_and_resumed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    members = [m for j in range(12) for m in sample_members(f"k{j:02d}", payload=b"short" if j % 3 else b"video")]
+    url = str(write_tar(tmp_path / "s.tar", members))
+    cfg = StreamConfig(seed=0, shuffle_buffer=4)  # cycles: the second epoch's samples carry the first's counts
+
+    def stream() -> ShardStream:
+        return ShardStream([url], decode=CountingDecode(), config=cfg, rank=0, world_size=1)
+
+    with caplog.at_level(logging.WARNING, logger="data.stream"):
+        full = list(itertools.islice(stream().iter_worker(0, num_workers=1), 24))
+    assert [s["_stream"]["stats"]["padded_short"] for s in full] == list(
+        itertools.accumulate(s["key"] not in {"k00", "k03", "k06", "k09"} for s in full)
+    )
+    assert sum("is padded (padded_short)" in m for m in caplog.messages) == 1
+    tracker = StreamTracker()
+    tracker.update(full[:10])
+    assert tracker.stats().metrics() == {"data/padded_short": full[9]["_stream"]["stats"]["padded_short"]}
+    resumed = stream()
+    resumed.load_state_dict(tracker.state_dict())
+    rest = list(itertools.islice(resumed.iter_worker(0, num_workers=1), 14))
+    assert rest[-1]["_stream"]["stats"] == full[-1]["_stream"]["stats"]
