@@ -2,14 +2,21 @@
 
 ``<root>/<run_name>/<stage>/export/`` holds ``model.safetensors`` (the EMA weights of the stage's model with the
 official key prefixes, see ``models/latent_diffusion.py``), ``config.yaml`` (the resolved training config) and
-``export.json`` (stage, objective, task, step, frames and size). The folder is written under a temporary name
-and renamed when complete; a previous export is replaced only then.
+``export.json`` (stage, objective, task, step, frames, size and ``run_id``). The folder is written under a temporary
+name and renamed when complete; a previous export is replaced only then, and a full disk leaves no temporary folder.
+
+The run id (new at every fresh start, carried through resumes by the checkpoints) is written into all three files:
+the safetensors metadata, ``export.json`` and a first comment line of ``config.yaml`` (a comment, so the file stays
+a plain training config). Loading an export or handing it to the next stage checks that they agree, so weights
+and config of two different runs are never taken for one export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,11 +27,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models.checkpoints import load_state_dict, save_state_dict
-from train.checkpointing import TMP_MARK, replace_path
+from train.checkpointing import TMP_MARK, disk_full_error, is_disk_full, replace_path, tensor_bytes
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 META_FILE = "export.json"
+RUN_ID_KEY = "run_id"
+_RUN_ID_LINE = re.compile(r"^# run_id: (\S+)")
 
 
 def stage_dir(paths: Any, stage_name: str) -> Path:
@@ -38,15 +47,65 @@ def export_dir(paths: Any, stage_name: str) -> Path:
 def write_export(
     folder: Path, state_dict: Mapping[str, torch.Tensor], *, config: DictConfig, meta: Mapping[str, Any]
 ) -> Path:
+    """Write ``export/`` atomically; ``meta["run_id"]``, when given, goes into all three files."""
     folder = Path(folder)
     tmp = folder.with_name(f"{folder.name}{TMP_MARK}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_state_dict(state_dict, tmp / MODEL_FILE, metadata={"stage": str(meta.get("stage", ""))})
-    (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(config, resolve=True))
-    (tmp / META_FILE).write_text(json.dumps(dict(meta), indent=2) + "\n")
+    run_id = str(meta.get(RUN_ID_KEY, ""))
+    metadata = {"stage": str(meta.get("stage", "")), **({RUN_ID_KEY: run_id} if run_id else {})}
+    header = f"# run_id: {run_id} (also in {MODEL_FILE} and {META_FILE})\n" if run_id else ""
+    try:
+        tmp.mkdir(parents=True)
+        save_state_dict(state_dict, tmp / MODEL_FILE, metadata=metadata)
+        (tmp / CONFIG_FILE).write_text(header + OmegaConf.to_yaml(config, resolve=True))
+        (tmp / META_FILE).write_text(json.dumps(dict(meta), indent=2) + "\n")
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception) and is_disk_full(err):
+            raise disk_full_error(folder, tensor_bytes(dict(state_dict))) from None
+        raise
     replace_path(tmp, folder)
     return folder
+
+
+def export_run_ids(folder: str | os.PathLike[str]) -> dict[str, str | None]:
+    """The run id each file of an export carries (None: that file has none, e.g. an export from before run ids)."""
+    folder = Path(folder)
+    ids: dict[str, str | None] = {MODEL_FILE: None, CONFIG_FILE: None, META_FILE: None}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(folder / MODEL_FILE), framework="pt") as f:
+            ids[MODEL_FILE] = (f.metadata() or {}).get(RUN_ID_KEY)
+    except Exception:
+        ids.pop(MODEL_FILE)  # unreadable: loading the weights reports it (models.checkpoints.load_state_dict)
+    if (folder / CONFIG_FILE).is_file():
+        with open(folder / CONFIG_FILE) as f:
+            match = _RUN_ID_LINE.match(f.readline())
+        ids[CONFIG_FILE] = match.group(1) if match else None
+    if (folder / META_FILE).is_file():
+        with contextlib.suppress(ValueError):
+            ids[META_FILE] = json.loads((folder / META_FILE).read_text()).get(RUN_ID_KEY)
+    return ids
+
+
+def check_export_run_id(folder: str | os.PathLike[str]) -> None:
+    """Raise ``ValueError`` naming both files when two files of an export come from different runs.
+
+    An export without run ids anywhere (written before they existed) passes; one where only some files carry one
+    does not: a file was copied in from elsewhere.
+    """
+    ids = export_run_ids(folder)
+    if not any(ids.values()):
+        return
+    (first, first_id), *rest = ids.items()
+    for name, run_id in rest:
+        if run_id != first_id:
+            raise ValueError(
+                f"{Path(folder) / first} (run {first_id}) and {Path(folder) / name} (run {run_id}) come from "
+                "different training runs, so the weights and the config of this export do not belong together; "
+                "export the stage again (rerun it with resume=auto) or copy the whole export/ folder of one run"
+            )
 
 
 def resolve_weights_file(source: str | os.PathLike[str]) -> Path:
@@ -74,6 +133,7 @@ def read_export_meta(folder: str | os.PathLike[str]) -> tuple[DictConfig, dict[s
     for name in (MODEL_FILE, CONFIG_FILE, META_FILE):
         if not (folder / name).exists():
             raise ValueError(f"{folder} is not a stage export: {name} is missing (a stage writes export/ when it ends)")
+    check_export_run_id(folder)
     config = OmegaConf.load(folder / CONFIG_FILE)
     meta = json.loads((folder / META_FILE).read_text())
     return config, meta

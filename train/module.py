@@ -4,7 +4,8 @@ Manual optimization, so that a non-finite loss or gradient skips the step everyw
 corrupting the weights, and so that DeepSpeed and DDP share one code path. Per step: the objective's loss, NaN/inf
 check, backward, gradient clipping (by DeepSpeed itself under its strategies), AdamW, linear warm-up, EMA update,
 logging. The randomness of a step comes from a generator seeded by (seed, rank, batches seen), so a resumed run
-draws exactly what the uninterrupted run drew; ``batches_seen`` travels in the checkpoint.
+draws exactly what the uninterrupted run drew; ``batches_seen`` travels in the checkpoint. So does ``run_id``, new
+at a fresh start, which the stage export carries too (``train.export.check_export_run_id``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from models.latent_diffusion import UNET_PREFIX
 from train.config import TRAINABLE_LAYERS
 from train.ema import EMA
 from train.objective import Objective
+from train.run_folder import EVAL_METRICS_FILE, trim_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +148,7 @@ class StageModule(pl.LightningModule):
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.stop_reason: str | None = None
+        self.run_id = uuid.uuid4().hex  # replaced by the checkpoint's on a resume
         self._last_time: float | None = None
 
     # ----- weights -------------------------------------------------------------------------------------------
@@ -280,8 +284,8 @@ class StageModule(pl.LightningModule):
         }
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "tracker"):
-            for reason, count in datamodule.tracker.stats().nonzero_skips().items():
-                values[f"data/skipped_{reason}"] = torch.tensor(float(count))
+            for name, count in datamodule.tracker.stats().metrics().items():  # data/skipped_*, data/padded_short
+                values[name] = torch.tensor(float(count))
         self.log_dict(values, on_step=True, prog_bar=False, batch_size=batch_size, sync_dist=False)
         self.log("loss", loss.float(), prog_bar=True, logger=False, batch_size=batch_size)
         if self.loop.metrics_file and self.global_rank == 0:
@@ -292,6 +296,7 @@ class StageModule(pl.LightningModule):
 
     # ----- checkpoint state ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["run_id"] = self.run_id
         checkpoint["stage_loop"] = {
             "batches_seen": self.batches_seen,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
@@ -303,8 +308,12 @@ class StageModule(pl.LightningModule):
         self.batches_seen = int(state.get("batches_seen", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
-        if self.loop.metrics_file and self.global_rank == 0:
-            truncate_metrics(Path(self.loop.metrics_file), keep_batches=self.batches_seen)
+        self.run_id = str(checkpoint.get("run_id", self.run_id))  # checkpoints from before run ids keep a new one
+        if self.global_rank == 0:
+            if self.loop.metrics_file:
+                truncate_metrics(Path(self.loop.metrics_file), keep_batches=self.batches_seen)
+            step = int(checkpoint.get("global_step", 0))  # evaluations after the checkpoint are run again
+            trim_jsonl(self.stage_dir / EVAL_METRICS_FILE, keep=lambda row: int(row["step"]) <= step)
 
 
 class _LinearWarmup:
@@ -319,13 +328,7 @@ class _LinearWarmup:
 
 def truncate_metrics(path: Path, *, keep_batches: int) -> None:
     """Drop the metric rows of batches after a resumed checkpoint (they are trained again)."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if json.loads(r)["batch"] < keep_batches]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(r + "\n" for r in kept))
-    tmp.replace(path)
+    trim_jsonl(path, keep=lambda row: int(row["batch"]) < keep_batches)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

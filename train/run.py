@@ -14,12 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from train.builders import build_objective, dataset_config
-from train.checkpointing import AtomicCheckpointIO, PeriodicCheckpoint, resolve_resume
+from train.checkpointing import AtomicCheckpointIO, DiskFullError, PeriodicCheckpoint, RunFolderError
 from train.config import validate
 from train.datamodule import StreamDataModule
-from train.export import export_dir, resolve_weights_file, stage_dir, write_export
+from train.export import check_export_run_id, export_dir, resolve_weights_file, stage_dir, write_export
 from train.module import LoopSettings, OptimSettings, StageModule
 from train.preemption import PreemptionCheckpoint
+from train.run_folder import METRICS_FILE, USER_ERROR_EXIT, prepare_stage_folder
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def init_source(cfg: Any, *, from_stage: str | None, path: str | None, what: str
                 f"`python -m train stage={from_stage} paths.run_name={cfg.paths.run_name} ...` first, or point "
                 f"{what.replace('from_stage', 'path')} at a checkpoint file"
             )
+        check_export_run_id(folder)
         return weights
     if path:
         from train.interop_diffusers import is_diffusers_folder
@@ -44,6 +46,8 @@ def init_source(cfg: Any, *, from_stage: str | None, path: str | None, what: str
         weights = resolve_weights_file(path)
         if not weights.exists():
             raise ValueError(f"{what.replace('from_stage', 'path')}={path}: no such checkpoint file or export folder")
+        if Path(path).is_dir():
+            check_export_run_id(path)
         return weights
     return None
 
@@ -176,16 +180,24 @@ def build_trainer(cfg: Any, folder: Path) -> pl.Trainer:
 
 
 def run(cfg: DictConfig) -> int:
-    """Train one stage; returns the process exit code."""
+    """Train one stage; returns the process exit code (2: a folder or disk problem, said in one line)."""
     # The frozen VAE and text/image towers are in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     validate(cfg)
     folder = stage_dir(cfg.paths, cfg.stage.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        resume = prepare_stage_folder(folder, resume=cfg.resume, root=str(cfg.paths.root))
+        (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        return fit_stage(cfg, folder, resume)
+    except (RunFolderError, DiskFullError) as err:
+        print(f"[error] {err}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT
+
+
+def fit_stage(cfg: DictConfig, folder: Path, resume: Path | None) -> int:
+    """Build, initialise or resume, fit and export into the prepared stage ``folder``."""
     torch.manual_seed(cfg.seed)  # built weights (random towers in tiny configs) are a function of the seed
     objective = build_objective(cfg)
-    resume = resolve_resume(cfg.resume, folder / "checkpoints")
     if resume is None:
         initialise(cfg, objective)
     else:
@@ -211,7 +223,7 @@ def run(cfg: DictConfig) -> int:
             trainable=tuple(cfg.stage.trainable),
             trainable_layers=cfg.stage.trainable_layers,
             nonfinite_loss_at=tuple(cfg.debug.nonfinite_loss_at),
-            metrics_file=str(folder / "metrics.jsonl"),
+            metrics_file=str(folder / METRICS_FILE),
         ),
         stage_dir=folder,
     )
@@ -245,6 +257,7 @@ def run(cfg: DictConfig) -> int:
             "height": cfg.stage.height,
             "width": cfg.stage.width,
             "ema": cfg.stage.ema.enabled,
+            "run_id": module.run_id,
         }
         out = write_export(export_dir(cfg.paths, cfg.stage.name), state, config=cfg, meta=meta)
         print(f"[export] {out}", flush=True)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -58,6 +59,16 @@ def compose_train(overrides: list[str]) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=overrides)
+
+
+def assert_same_export_weights(a: Path, b: Path) -> None:
+    """Bitwise-equal tensors in two exports' model.safetensors (the files differ in their run ids)."""
+    from models.checkpoints import load_state_dict
+
+    state_a, state_b = load_state_dict(Path(a) / "model.safetensors"), load_state_dict(Path(b) / "model.safetensors")
+    assert state_a.keys() == state_b.keys()
+    for key, value in state_a.items():
+        assert value.dtype == state_b[key].dtype and torch.equal(value, state_b[key]), key
 
 
 def train_subprocess(overrides: list[str], **kwargs) -> subprocess.Popen:

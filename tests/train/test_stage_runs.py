@@ -94,3 +94,12 @@ def test_k_nonfinite_losses_in_a_row_stop_the_run_with_a_checkpoint(stage_overri
     assert not (folder / "export").exists()  # a stopped run exports nothing
     # A resume from that checkpoint continues from the weights before the bad batches.
     assert list_checkpoints(folder / "checkpoints")  # the periodic one at step 2 is there too
+
+
+def test_padded_short_clips_reach_the_metrics(stage_overrides, tmp_path):
+    """With on_short=pad (the demo's) a clip shorter than the 4 frames asked for is trained on padded, and counted:
+    at 0.5 fps 4 frames span 145 source frames (6 s at 24 fps), more than the shorter demo clips hold."""
+    overrides = _scratch(stage_overrides, "stage.max_steps=2", "data.target_fps=0.5", "data.on_short=pad")
+    assert _run(overrides) == 0
+    rows = read_metrics(tmp_path / "runs" / "demo" / "video_pretrain" / "metrics.jsonl")
+    assert rows[-1]["data/padded_short"] >= 1

@@ -36,9 +36,10 @@ from train.evaluation.features import (
 )
 from train.evaluation.frechet import FeatureStats, frechet_distance
 from train.evaluation.video_files import iter_shard_clips
+from train.run_folder import EVAL_METRICS_FILE
 
 FEATURES = ("none", "i3d", "clip")
-EVAL_FILE = "eval_metrics.jsonl"
+EVAL_FILE = EVAL_METRICS_FILE  # trimmed on resume and emptied on a fresh start, as metrics.jsonl (train/run_folder.py)
 
 
 class EvaluateVideos(PeriodicSampling):
