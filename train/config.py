@@ -287,9 +287,11 @@ class LoggerConfig:
 
 @dataclass
 class DebugConfig:
-    """Fault injection for the tests: the loss of these batch indices is replaced by NaN."""
+    """Fault injection for the tests, by batch index: ``nonfinite_loss_at`` replaces the loss by NaN;
+    ``nonfinite_grad_at`` keeps the loss finite and makes one trainable parameter's gradient NaN in backward."""
 
     nonfinite_loss_at: list[int] = field(default_factory=list)
+    nonfinite_grad_at: list[int] = field(default_factory=list)
 
 
 @dataclass

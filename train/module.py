@@ -3,9 +3,11 @@
 Manual optimization, so that a non-finite loss or gradient skips the step everywhere (all ranks agree) instead of
 corrupting the weights, and so that DeepSpeed and DDP share one code path. Per step: the objective's loss, NaN/inf
 check, backward, gradient clipping (by DeepSpeed itself under its strategies), AdamW, linear warm-up, EMA update,
-logging. The randomness of a step comes from a generator seeded by (seed, rank, batches seen), so a resumed run
-draws exactly what the uninterrupted run drew; ``batches_seen`` travels in the checkpoint. So does ``run_id``, new
-at a fresh start, which the stage export carries too (``train.export.check_export_run_id``).
+logging. A skipped step (a NaN/inf loss or gradient; under DeepSpeed, a step its engine did not apply) is counted and
+advances nothing: no optimizer step, no lr-schedule step, no EMA update. The randomness of a step comes from a
+generator seeded by (seed, rank, batches seen), so a resumed run draws exactly what the uninterrupted run drew;
+``batches_seen`` travels in the checkpoint. So does ``run_id``, new at a fresh start, which the stage export carries
+too (``train.export.check_export_run_id``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class LoopSettings:
     trainable: tuple[str, ...] = ("*",)
     trainable_layers: str = "all"  # "temporal": only the video UNet's temporal layers (see select_trainable)
     nonfinite_loss_at: tuple[int, ...] = ()  # fault injection (debug.nonfinite_loss_at)
+    nonfinite_grad_at: tuple[int, ...] = ()  # fault injection (debug.nonfinite_grad_at)
     metrics_file: str | None = None  # per-step jsonl, flushed every step (rank 0)
 
 
@@ -192,18 +195,49 @@ class StageModule(pl.LightningModule):
         return bool(flag.item() > 0)
 
     def _grad_norm(self) -> torch.Tensor:
-        """Our clipping's pre-clip norm; NaN while DeepSpeed clips (read ``_strategy_grad_norm`` after its step)."""
-        if self.loop.clip_in_strategy:
-            return torch.tensor(float("nan"), device=self.device)
+        """Our clipping's pre-clip norm (DeepSpeed clips inside its engine: ``_strategy_grad_norm`` after its step)."""
         params = [p for _, p in self.trainable() if p.grad is not None]
         max_norm = self.loop.gradient_clip_val if self.loop.gradient_clip_val else math.inf
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def _strategy_grad_norm(self) -> torch.Tensor:
-        """The global norm DeepSpeed computed in the optimizer step just taken (it sets it inside ``step``)."""
+        """The global norm DeepSpeed computed in the optimizer step just taken (it sets it inside ``step``), NaN
+        when DeepSpeed did not apply that step (its overflow check found a NaN or inf gradient)."""
         engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
         norm = engine.get_global_grad_norm() if engine is not None else None
-        return torch.tensor(float("nan") if norm is None else float(norm), device=self.device)
+        applied = engine is not None and engine.was_step_applied()
+        # Some DeepSpeed versions report a NaN/inf norm as -1.
+        value = float(norm) if norm is not None and norm >= 0 and applied else float("nan")
+        return torch.tensor(value, device=self.device)
+
+    @contextlib.contextmanager
+    def _nonfinite_grad_injected(self, index: int) -> Iterator[None]:
+        """Fault injection (debug.nonfinite_grad_at): a tensor hook turns one trainable parameter's gradient into
+        NaN during backward, before DDP or DeepSpeed see it, so every strategy meets the fault where it would be."""
+        if index not in self.loop.nonfinite_grad_at:
+            yield
+            return
+        name, param = self.trainable()[0]
+        fired = []
+
+        def to_nan(grad: torch.Tensor) -> torch.Tensor:
+            fired.append(True)
+            return grad * float("nan")
+
+        handle = param.register_hook(to_nan)
+        try:
+            yield
+        finally:
+            handle.remove()
+        assert fired, f"debug.nonfinite_grad_at: {name} got no gradient, so no fault was injected"
+
+    def _uncount_optimizer_step(self) -> None:
+        """Take back the optimizer step Lightning counted for an ``opt.step()`` DeepSpeed did not apply, so that
+        ``global_step`` (max_steps, checkpoint names, the step in the metrics) counts applied steps only."""
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        for tracker in (progress.total, progress.current):
+            tracker.ready -= 1
+            tracker.completed -= 1
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         stream_info = batch.pop(STREAM_KEY, None)
@@ -219,17 +253,25 @@ class StageModule(pl.LightningModule):
         skipped = not self._all_finite(loss)
         grad_norm = torch.tensor(float("nan"))
         if not skipped:
-            self.manual_backward(loss)
-            grad_norm = self._grad_norm()
-            skipped = not self._all_finite(grad_norm) and not self.loop.clip_in_strategy
+            with self._nonfinite_grad_injected(index):
+                self.manual_backward(loss)
+            if self.loop.clip_in_strategy:
+                # DeepSpeed's gradients live in its engine: it checks them inside step() and skips the update on a
+                # NaN/inf, so its verdict comes after the step (the norm is all-reduced, the flag agreed anyway).
+                opt.step()
+                grad_norm = self._strategy_grad_norm()
+                skipped = not self._all_finite(grad_norm)
+                if skipped:
+                    self._uncount_optimizer_step()
+            else:
+                grad_norm = self._grad_norm()
+                skipped = not self._all_finite(grad_norm)
+                if not skipped:
+                    opt.step()
+        opt.zero_grad(set_to_none=True)
         if skipped:
-            opt.zero_grad(set_to_none=True)
             self._on_nonfinite(loss, index)
         else:
-            opt.step()
-            if self.loop.clip_in_strategy:
-                grad_norm = self._strategy_grad_norm()
-            opt.zero_grad(set_to_none=True)
             self.lr_schedulers().step()
             if self.ema is not None:
                 trainable = self.trainable()

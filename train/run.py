@@ -223,6 +223,7 @@ def fit_stage(cfg: DictConfig, folder: Path, resume: Path | None) -> int:
             trainable=tuple(cfg.stage.trainable),
             trainable_layers=cfg.stage.trainable_layers,
             nonfinite_loss_at=tuple(cfg.debug.nonfinite_loss_at),
+            nonfinite_grad_at=tuple(cfg.debug.nonfinite_grad_at),
             metrics_file=str(folder / METRICS_FILE),
         ),
         stage_dir=folder,

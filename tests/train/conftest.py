@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -69,6 +70,29 @@ def assert_same_export_weights(a: Path, b: Path) -> None:
     assert state_a.keys() == state_b.keys()
     for key, value in state_a.items():
         assert value.dtype == state_b[key].dtype and torch.equal(value, state_b[key]), key
+
+
+# A NaN gradient at batch 1 of a 3-step run; the lr warms up over 10 steps, so every applied step changes it.
+NONFINITE_GRAD_RUN = ("stage.max_steps=3", "stage.optim.warmup_steps=10", "debug.nonfinite_grad_at=[1]")
+
+
+def assert_nonfinite_grad_step_skipped(folder: Path) -> None:
+    """The stage ``folder`` of a ``NONFINITE_GRAD_RUN``: batch 1 skipped and counted; its finite loss logged; the
+    optimizer-step count, the lr schedule and the EMA did not advance on it."""
+    from train.checkpointing import list_checkpoints
+    from train.module import read_metrics
+
+    rows = read_metrics(folder / "metrics.jsonl")
+    assert [r["skipped"] for r in rows] == [False, True, False, False]
+    assert [r["step"] for r in rows] == [1, 1, 2, 3]
+    assert all(math.isfinite(r["train/loss"]) for r in rows)  # the loss was finite; the gradient was not
+    assert rows[-1]["train/nonfinite_skipped"] == 1.0
+    lrs = [r["train/lr"] for r in rows]
+    assert lrs[1] == lrs[0] and lrs[0] < lrs[2] < lrs[3], lrs
+    last = list_checkpoints(folder / "checkpoints")[-1]
+    if last.is_file():  # a DeepSpeed checkpoint is a folder; its EMA is checked by its test
+        state = torch.load(last, weights_only=True)
+        assert state["global_step"] == 3 and int(state["state_dict"]["ema.num_updates"]) == 3
 
 
 def train_subprocess(overrides: list[str], **kwargs) -> subprocess.Popen:

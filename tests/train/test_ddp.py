@@ -20,7 +20,13 @@ from train.checkpointing import list_checkpoints, resolve_resume
 from train.datamodule import StreamDataModule
 from train.module import read_metrics
 
-from .conftest import assert_same_export_weights, compose_train, train_subprocess
+from .conftest import (
+    NONFINITE_GRAD_RUN,
+    assert_nonfinite_grad_step_skipped,
+    assert_same_export_weights,
+    compose_train,
+    train_subprocess,
+)
 
 WORLD = 2
 DDP = (
@@ -147,3 +153,8 @@ def test_two_ddp_ranks_stream_their_own_shards_and_resume_after_sigkill_bit_for_
     qualname = StreamDataModule.__qualname__
     assert ckpt_a[qualname] == ckpt_b[qualname]
     assert_same_export_weights(done / "export", stage / "export")
+
+
+def test_a_nonfinite_gradient_is_skipped_on_both_ddp_ranks_and_advances_nothing(stage_overrides, tmp_path):
+    _run(stage_overrides("video_pretrain", *DDP, *NONFINITE_GRAD_RUN))
+    assert_nonfinite_grad_step_skipped(tmp_path / "runs" / "demo" / "video_pretrain")

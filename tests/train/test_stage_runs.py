@@ -14,7 +14,7 @@ from train.export import load_export
 from train.module import read_metrics
 from train.run import run
 
-from .conftest import compose_train
+from .conftest import NONFINITE_GRAD_RUN, assert_nonfinite_grad_step_skipped, compose_train
 
 
 def _run(overrides: list[str]) -> int:
@@ -78,6 +78,11 @@ def test_a_nonfinite_loss_skips_the_step_and_is_counted(stage_overrides, tmp_pat
     assert [r["skipped"] for r in rows] == [False, True, False, False]
     assert [r["step"] for r in rows] == [1, 1, 2, 3]  # the skipped batch made no optimizer step
     assert rows[-1]["train/nonfinite_skipped"] == 1.0
+
+
+def test_a_nonfinite_gradient_skips_the_step_and_advances_nothing(stage_overrides, tmp_path):
+    assert _run(_scratch(stage_overrides, *NONFINITE_GRAD_RUN)) == 0
+    assert_nonfinite_grad_step_skipped(tmp_path / "runs" / "demo" / "video_pretrain")
 
 
 def test_k_nonfinite_losses_in_a_row_stop_the_run_with_a_checkpoint(stage_overrides, tmp_path, capsys):
