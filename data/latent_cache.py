@@ -1,4 +1,5 @@
-"""Cached latents: the record format ``scripts/cache_latents.py`` writes and the decoder that reads it back.
+"""Cached latents: the record format ``scripts/cache_latents.py`` writes (``data/latent_cache_writer.py``) and the
+decoder that reads it back.
 
 A cached record keeps the source record's ``KEY.json`` (plus a ``latent_cache`` object) and ``KEY.txt``, and
 replaces the media with one member ``KEY.latents.safetensors`` (``safetensors.torch.save`` of a dict):
@@ -28,35 +29,28 @@ the stored ``fps_id`` / ``motion_bucket_id``). The caption is still drawn per ep
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import safetensors.torch
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from data.batch import Sample
 from data.captions import CaptionPicker
 from data.errors import BadSample
-from data.image_decode import decode_image
 from data.micro_cond import MicroCondConfig, fps_id_for, motion_bucket_for
-from data.sample_decode import _as_text, media_members, parse_json
-from data.sources import iter_shard_records
-from data.video_decode import ClipSpec, decode_clip
+from data.record_members import as_text, parse_json
+from data.video_decode import ClipSpec
 
 log = logging.getLogger(__name__)
 
 LATENT_MEMBER = "latents.safetensors"  # the record extension: KEY.latents.safetensors
 CACHE_VERSION = 1
 MOMENTS_DTYPE = torch.float16  # range of the posterior's mean and logvar (|x| < 100, logvar in [-30, 20])
-CACHE_INPUT_MEMBERS = ("json", "txt")  # copied from the source record next to the latents
 
 
 def pack_latents(
@@ -158,7 +152,7 @@ def decode_cached_sample(
             counters["motion_default"] += 1
         if counters is not None and int(info.get("num_padded", 0)) > 0:  # padded when it was cached
             counters["padded_short"] += 1
-    txt = _as_text(record["txt"]) if record.get("txt") is not None else None
+    txt = as_text(record["txt"]) if record.get("txt") is not None else None
     choice = captions.pick(meta, txt=txt, rng=rng)
     if counters is not None and choice.source == "none":
         counters["no_caption"] += 1
@@ -169,125 +163,9 @@ def decode_cached_sample(
         fps_id=int(fps_id),
         motion_bucket_id=int(motion_bucket_id),
         caption=choice.text,
-        key=_as_text(record.get("__key__", "")),
-        shard=_as_text(record.get("__url__", "")),
+        key=as_text(record.get("__key__", "")),
+        shard=as_text(record.get("__url__", "")),
     )
     if "clip_image_embedding" in tensors:
         sample["clip_image_embedding"] = tensors["clip_image_embedding"]
     return sample
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Writer side (used by scripts/cache_latents.py): decode a source record deterministically, build the cached one.
-
-
-@dataclass(frozen=True)
-class CacheInput:
-    """A source record decoded for caching: centred clip (or image) frames and what the json needs."""
-
-    frames: torch.Tensor  # (T, 3, H, W) uint8; frames[0] is the conditioning frame
-    media: Literal["video", "image"]
-    meta: dict[str, Any]
-    clip_info: dict[str, Any]  # frame_indices, native_fps, stride, effective_fps (empty for images)
-
-
-def cache_clip_spec(clip: ClipSpec) -> ClipSpec:
-    """``clip`` with the centred start and crop a cache uses (the window must not depend on a seed)."""
-    return dataclasses.replace(clip, start="center", crop="center")
-
-
-def decode_for_cache(record: Mapping[str, Any], clip: ClipSpec) -> CacheInput:
-    """Decode a source record (video or image) with a centred window and crop; raises ``BadSample``.
-
-    A json is required (it carries captions and the motion score into the cached record); images without one get
-    an empty json object.
-    """
-    spec = cache_clip_spec(clip)
-    video, image = media_members(record)
-    raw_json = record.get("json")
-    if raw_json is None and video is not None:
-        raise BadSample("missing_json", "no .json member (videos need one)")
-    meta = parse_json(raw_json) if raw_json is not None else {}
-    if video is not None:
-        decoded = decode_clip(bytes(video[1]), spec)
-        clip_info = {
-            "frame_indices": list(decoded.frame_indices),
-            "native_fps": decoded.native_fps,
-            "stride": decoded.stride,
-            "effective_fps": decoded.effective_fps,
-            "num_padded": decoded.num_padded,
-        }
-        return CacheInput(decoded.frames, "video", meta, clip_info)
-    assert image is not None
-    frame = decode_image(bytes(image[1]), size=spec.size, crop="center").frame
-    return CacheInput(frame[None], "image", meta, {})  # (3, H, W) -> (1, 3, H, W)
-
-
-class DecodedShard(IterableDataset):
-    """One shard's records decoded for caching, in shard order, as ``(record, item, skip)`` triples.
-
-    ``record`` keeps only ``__key__``, ``__url__``, ``json`` and ``txt`` (the media bytes stay in the worker);
-    ``item`` is the ``CacheInput`` or None; ``skip`` is None or ``(reason, message)``. A skipped record still
-    yields a triple, so with DataLoader workers (worker w of k decodes records i with i % k == w, and the loader
-    takes one item from each worker in turn) the output order is the shard order. Shard-level problems
-    (``missing_shard``, ``truncated_shard``) come once, from worker 0, with ``record`` None.
-    """
-
-    def __init__(self, url: str, clip: ClipSpec) -> None:
-        self.url, self.clip = url, clip
-
-    def __iter__(self) -> Iterator[tuple[dict[str, Any] | None, CacheInput | None, tuple[str, str] | None]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        try:
-            for i, record in enumerate(iter_shard_records(self.url)):
-                if i % workers != worker:
-                    continue
-                kept = {k: record[k] for k in ("__key__", "__url__", *CACHE_INPUT_MEMBERS) if k in record}
-                try:
-                    yield kept, decode_for_cache(record, self.clip), None
-                except BadSample as e:
-                    yield kept, None, (e.reason, str(e))
-        except BadSample as e:
-            if worker == 0:
-                yield None, None, (e.reason, str(e))
-
-
-def cached_record_members(
-    record: Mapping[str, Any],
-    item: CacheInput,
-    *,
-    latents: bytes,
-    clip: ClipSpec,
-    micro: MicroCondConfig,
-    vae: Mapping[str, Any],
-    clip_model: str | None,
-) -> dict[str, bytes]:
-    """The members (extension -> bytes) of the cached record: json with ``latent_cache``, txt, latents."""
-    spec = cache_clip_spec(clip)
-    if item.media == "video":
-        fps_id = fps_id_for(item.clip_info["effective_fps"], micro)
-        motion_bucket_id, _ = motion_bucket_for(item.meta, micro)
-    else:
-        fps_id, motion_bucket_id = micro.default_fps_id, micro.default_motion_bucket
-    info = {
-        "version": CACHE_VERSION,
-        "media": item.media,
-        "vae": dict(vae),
-        "scale_factor_applied": False,
-        "clip": {
-            "num_frames": spec.num_frames,
-            "target_fps": spec.target_fps,
-            "size": list(spec.size),
-            "start": spec.start,
-            "crop": spec.crop,
-        },
-        **item.clip_info,
-        "fps_id": int(fps_id),
-        "motion_bucket_id": int(motion_bucket_id),
-        "clip_model": clip_model,
-    }
-    members = {"json": json.dumps({**item.meta, "latent_cache": info}, sort_keys=True).encode(), LATENT_MEMBER: latents}
-    if record.get("txt") is not None:
-        members["txt"] = bytes(record["txt"]) if not isinstance(record["txt"], str) else record["txt"].encode()
-    return members

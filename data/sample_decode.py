@@ -12,7 +12,6 @@ because the video is short: ``padded_short``, which ``data/stream.py`` counts pe
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -24,51 +23,10 @@ from data.batch import Sample
 from data.captions import CaptionPicker
 from data.errors import BadSample
 from data.image_decode import decode_image
+from data.latent_cache import LATENT_MEMBER, decode_cached_sample
 from data.micro_cond import MicroCondConfig, fps_id_for, motion_bucket_for
+from data.record_members import as_text, media_members, parse_json
 from data.video_decode import ClipSpec, decode_clip
-
-VIDEO_EXTENSIONS = ("mp4", "m4v", "mov", "webm", "mkv", "avi")
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
-
-
-def _member(sample: Mapping[str, Any], extensions: tuple[str, ...]) -> tuple[str, Any] | None:
-    for ext in extensions:
-        for key in (ext, ext.upper()):
-            if key in sample and sample[key] is not None:
-                return ext, sample[key]
-    return None
-
-
-def media_members(
-    sample: Mapping[str, Any],
-) -> tuple[tuple[str, Any] | None, tuple[str, Any] | None]:
-    """``(video, image)`` members of a record, one of them None; BadSample("missing_media") if it has neither."""
-    video = _member(sample, VIDEO_EXTENSIONS)
-    image = None if video is not None else _member(sample, IMAGE_EXTENSIONS)
-    if video is None and image is None:
-        members = sorted(k for k in sample if not k.startswith("__"))
-        raise BadSample("missing_media", f"no video ({'/'.join(VIDEO_EXTENSIONS)}) or image member; has {members}")
-    return video, image
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        # Undecodable bytes in a caption should not cost the sample; replace them visibly.
-        return bytes(value).decode("utf-8", errors="replace")
-    return str(value)
-
-
-def parse_json(value: Any) -> dict[str, Any]:
-    """The sample's json member as a dict; ``BadSample("invalid_json")`` when it does not parse to an object."""
-    if isinstance(value, Mapping):  # already decoded upstream (e.g. a webdataset .decode() stage)
-        return dict(value)
-    try:
-        parsed = json.loads(_as_text(value))
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise BadSample("invalid_json", f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-    if not isinstance(parsed, dict):
-        raise BadSample("invalid_json", f"expected a json object, got {type(parsed).__name__}")
-    return parsed
 
 
 def decode_sample(
@@ -88,18 +46,16 @@ def decode_sample(
     """
     if require_json not in ("always", "video", "never"):
         raise ValueError(f'require_json must be "always", "video" or "never"; got {require_json!r}')
-    if "latents.safetensors" in sample:  # a cached record (scripts/cache_latents.py; see data/latent_cache.py)
-        from data.latent_cache import decode_cached_sample  # lazy: data.latent_cache imports this module
-
+    if LATENT_MEMBER in sample:  # a cached record (scripts/cache_latents.py; see data/latent_cache.py)
         return decode_cached_sample(sample, captions=captions, micro=micro, rng=rng, clip=clip, counters=counters)
-    key = _as_text(sample.get("__key__", ""))
-    shard = _as_text(sample.get("__url__", ""))
+    key = as_text(sample.get("__key__", ""))
+    shard = as_text(sample.get("__url__", ""))
     video, image = media_members(sample)
     raw_json = sample.get("json")
     if raw_json is None and (require_json == "always" or (require_json == "video" and video is not None)):
         raise BadSample("missing_json", f"no .json member (require_json={require_json!r})")
     meta = parse_json(raw_json) if raw_json is not None else None
-    txt = _as_text(sample["txt"]) if sample.get("txt") is not None else None
+    txt = as_text(sample["txt"]) if sample.get("txt") is not None else None
 
     if video is not None:
         decoded = decode_clip(bytes(video[1]), clip, rng=rng)

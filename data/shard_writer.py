@@ -3,7 +3,7 @@
 ``ShardWriter`` streams records into ``NAME.tar`` under a temporary name and renames it on success, so a killed
 job never leaves a partial shard under its final name. A job that transforms shards one to one (the latent cache)
 writes ``NAME.tar.done`` after each finished shard; a re-run skips shards whose marker exists and redoes the
-others. ``atomic_write_bytes`` writes any other output file the same way (temporary name, then rename).
+others. ``data/atomic_write.py`` writes any other output file the same way (temporary name, then rename).
 ``output_names`` maps input shard urls to output names that keep their relative layout.
 """
 
@@ -14,38 +14,16 @@ import json
 import os
 import shlex
 import tarfile
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from data.atomic_write import atomic_write_bytes, temp_path
 from data.sources import is_pipe
 
 TAR_MTIME = 1_700_000_000  # fixed member metadata so that the same records give byte-identical shards
 DONE_SUFFIX = ".done"
-
-
-def _temp_path(path: Path) -> Path:
-    """A unique temporary name next to ``path`` (``.NAME.UUID.tmp``: hidden, and matched by ``.NAME.*.tmp``)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` under a temporary name in the same folder (created if missing), synced, then
-    renamed into place: a reader sees the old file or the whole new one, never a partial write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class ShardWriter:
@@ -53,7 +31,7 @@ class ShardWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.tmp = _temp_path(self.path)
+        self.tmp = temp_path(self.path)
         self.count = 0
         self._file: Any = None
         self._tar: tarfile.TarFile | None = None

@@ -36,6 +36,7 @@ from typing import IO, Any
 import numpy as np
 from braceexpand import braceexpand
 
+from data.atomic_write import atomic_write_bytes
 from data.errors import BadSample
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,6 @@ def _read_list_file(path: str) -> list[str]:
 def write_key_list(path: str | os.PathLike[str], keys: Sequence[str]) -> Path:
     """Write record keys one per line (in the given order), atomically: the subsets curation selects, read by
     ``read_key_list`` (the stream's ``key_list``)."""
-    from data.shard_writer import atomic_write_bytes  # not at the top: data.shard_writer imports this module
-
     bad = [k for k in keys if not k or k != k.strip() or "\n" in k or "\r" in k]
     if bad:
         raise ValueError(f"keys {bad[:3]!r} cannot go in a key list (empty, or with surrounding whitespace/newlines)")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,6 +84,20 @@ class DecodedClip:
     effective_fps: float  # native_fps / stride: the rate the model is told (fps_id)
     frame_indices: tuple[int, ...]  # source frame of each output frame (padding repeats the last one)
     num_padded: int  # output frames that repeat the last real frame (on_short="pad")
+
+    @classmethod
+    def from_frames(
+        cls, frames: torch.Tensor, *, native_fps: float, stride: int, indices: Sequence[int], num_padded: int
+    ) -> DecodedClip:
+        """The clip of ``frames`` cut at source ``indices``; ``effective_fps`` is ``native_fps / stride``."""
+        return cls(
+            frames=frames,
+            native_fps=native_fps,
+            stride=stride,
+            effective_fps=native_fps / stride,
+            frame_indices=tuple(indices),
+            num_padded=num_padded,
+        )
 
 
 def stride_for(native_fps: float, spec: ClipSpec) -> int:
@@ -270,11 +285,4 @@ def decode_clip(data: bytes, spec: ClipSpec, *, rng: np.random.Generator | None 
     if len(unique) != len(indices):  # padding repeats frames: resize each once, then repeat the small ones
         position = {index: i for i, index in enumerate(unique)}
         frames = frames[torch.tensor([position[i] for i in indices])]
-    return DecodedClip(
-        frames=frames,
-        native_fps=native_fps,
-        stride=stride,
-        effective_fps=native_fps / stride,
-        frame_indices=tuple(indices),
-        num_padded=num_padded,
-    )
+    return DecodedClip.from_frames(frames, native_fps=native_fps, stride=stride, indices=indices, num_padded=num_padded)

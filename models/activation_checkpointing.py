@@ -8,13 +8,16 @@ it from the config (all blocks, or a selection to trade memory for speed); the s
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import nn
 
 from .unet.unet import TimestepEmbedSequential
 
-BlockSelection = Literal["all", "none", "input", "middle", "output"] | Callable[[str], bool]
+# The named selections; the one list of ``model.activation_checkpointing`` choices (train/config.py reads it).
+CheckpointingMode = Literal["none", "all", "input", "middle", "output"]
+CHECKPOINTING_MODES: tuple[str, ...] = get_args(CheckpointingMode)
+BlockSelection = CheckpointingMode | Callable[[str], bool]
 
 
 def apply_activation_checkpointing(model: nn.Module, blocks: BlockSelection = "all") -> list[str]:
@@ -24,8 +27,8 @@ def apply_activation_checkpointing(model: nn.Module, blocks: BlockSelection = "a
     qualified name (e.g. ``lambda name: name.startswith("input_blocks.") and int(name.split(".")[1]) < 4``).
     """
     if isinstance(blocks, str):
-        if blocks not in ("all", "none", "input", "middle", "output"):
-            raise ValueError(f"blocks={blocks!r}; use all, none, input, middle, output or a predicate on the name")
+        if blocks not in CHECKPOINTING_MODES:
+            raise ValueError(f"blocks={blocks!r}; use {', '.join(CHECKPOINTING_MODES)} or a predicate on the name")
         prefix = {"input": "input_blocks", "middle": "middle_block", "output": "output_blocks"}.get(blocks, "")
 
         def select(name: str) -> bool:

@@ -19,15 +19,11 @@ CONDITIONER_PREFIX = "conditioner."
 COMPONENT_PREFIXES = {"unet": UNET_PREFIX, "first_stage": FIRST_STAGE_PREFIX, "conditioner": CONDITIONER_PREFIX}
 
 
-class LatentDiffusion(nn.Module):
-    """``unet``, ``first_stage`` and ``conditioner`` under the official prefixes; the first stage is frozen."""
+class OfficialModulePaths:
+    """``unet`` and ``first_stage`` at their official module paths; ``OfficialCheckpointModel`` shares them."""
 
-    def __init__(self, *, unet: VideoUNet, first_stage: nn.Module, conditioner: GeneralConditioner) -> None:
-        super().__init__()
-        self.model = nn.Module()
-        self.model.diffusion_model = unet
-        self.first_stage_model = first_stage.requires_grad_(False).eval()
-        self.conditioner = conditioner
+    model: nn.Module
+    first_stage_model: nn.Module
 
     @property
     def unet(self) -> VideoUNet:
@@ -36,6 +32,17 @@ class LatentDiffusion(nn.Module):
     @property
     def first_stage(self) -> nn.Module:
         return self.first_stage_model
+
+
+class LatentDiffusion(OfficialModulePaths, nn.Module):
+    """``unet``, ``first_stage`` and ``conditioner`` under the official prefixes; the first stage is frozen."""
+
+    def __init__(self, *, unet: VideoUNet, first_stage: nn.Module, conditioner: GeneralConditioner) -> None:
+        super().__init__()
+        self.model = nn.Module()
+        self.model.diffusion_model = unet
+        self.first_stage_model = first_stage.requires_grad_(False).eval()
+        self.conditioner = conditioner
 
     def train(self, mode: bool = True) -> LatentDiffusion:
         super().train(mode)

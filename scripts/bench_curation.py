@@ -6,11 +6,11 @@ process pinned to ``--threads`` threads (torch, OpenCV, onnxruntime, the PyAV de
 
 - ``decode``: PyAV decodes every frame of the video with the scan's decoder settings (``decode_threads``), and
   nothing else: no conversion, no taps. The baseline; "the same frame rates" = every frame at the native rate.
-- ``curate``: ``data.curation.annotate.curate_video`` itself, instrumented from outside: the names it calls in its
-  module (``probe_video``, ``scan_video``, ``CutCascade``, ``copy_points_of``, ``plan_clips``, ``write_clip``,
-  ``read_frames``) and the built annotators (text detector, CLIP scorer, captioner) are swapped for timing wrappers
-  around the real objects for the length of the benchmark, so the real pipeline runs and each part is timed inside
-  it. Inside the single decode pass every tap is wrapped too, so its ``push`` time is known.
+- ``curate``: ``data.curation.annotate.curate_video`` itself, instrumented from outside
+  (``data/curation/timing.py``): the names it calls in its module (``probe_video``, ``scan_video``, ``CutCascade``,
+  ``copy_points_of``, ``plan_clips``, ``write_clip``, ``read_frames``) and the registered annotators are wrapped in
+  timers around the real objects for the length of the benchmark, so the real pipeline runs and each part is timed
+  inside it. Inside the single decode pass every tap is wrapped too, so its ``push`` time is known.
 
 Attribution (seconds, then clips/s per core = clips / (seconds * threads), video seconds/s per core likewise):
 
@@ -20,10 +20,11 @@ Attribution (seconds, then clips/s per core = clips / (seconds * threads), video
   (same rate and size), so the pass costs motion only its ``push``;
 - ``motion``: the ``MotionTap.push`` time (grey, resize, Farneback) inside the pass;
 - ``clipping``: ``copy_points_of`` + ``plan_clips`` + ``write_clip``; ``keyframes``: ``read_frames`` (first, middle,
-  last frame of each clip); ``text_area``, ``clip_scores``, ``captioner``: the annotators' calls;
-- ``pipeline``: ``curate_video``'s wall time minus CLIP scores and captions, i.e. cut detection + motion + text area
-  and what the pipeline needs to run them (probe, clipping, frame reads, records); ``full_pipeline``: the whole
-  ``curate_video`` wall time. The timing wrappers add about 1 us per tap call (< 0.5% of a frame's decode).
+  last frame of each clip); every other annotator (``text_area``, ``captioner``, ``clip_scores``): its calls;
+- ``pipeline``: ``curate_video``'s wall time minus the annotators that are not ``cheap`` (CLIP scores, captions), i.e.
+  cut detection + motion + text area and what the pipeline needs to run them (probe, clipping, frame reads, records);
+  ``full_pipeline``: the whole ``curate_video`` wall time. The timing wrappers add about 1 us per tap call (< 0.5% of a
+  frame's decode).
 
 Each figure is the median over ``--reps`` of each video's time, summed over the videos (a warm-up pass on the first
 video runs first). Prints ONE JSON line: the config, ``seconds``, ``clips_per_s_per_core``,
@@ -48,9 +49,7 @@ ViT-L-14 --clip-pretrained openai`` (or a file).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import functools
 import json
 import os
 import statistics
@@ -58,37 +57,39 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
-
-import data.curation.annotate as annotate
 from data.curation.annotate import Annotators, curate_video
+from data.curation.annotators import registered
 from data.curation.clip_scores import ClipScoreConfig
 from data.curation.config import AnnotateConfig
 from data.curation.cuts import CutConfig, detect_cuts
 from data.curation.errors import CurationSkip
 from data.curation.inputs import RawVideo, safe_name
-from data.curation.motion import MotionTap
 from data.curation.probe import VideoInfo, probe_video
-from data.curation.scene_detectors import DetectorTap
-from data.curation.shot_signal import SignalTap
 from data.curation.text_area import TextAreaConfig
+from data.curation.timing import StageClock, instrumented, plain_decode, timed_annotators
 
-# curate_video's module-level names that are timed, and the stage each one's time goes to.
-TIMED_CALLS = {
-    "probe_video": "probe",
-    "copy_points_of": "clipping",  # the copy points from the packets probe_video demuxed
-    "copy_points": "clipping",  # its fallback, which demuxes the file again
-    "plan_clips": "clipping",
-    "write_clip": "clipping",
-    "read_frames": "keyframes",
-}
-STAGES = ("decode", "probe", "cuts", "motion", "clipping", "keyframes", "text_area", "clip_scores", "captioner")
 TARGET = 2.0  # issue 6: cut detection + motion + text area at most 2x the plain decode
+
+
+def stage_names() -> dict[str, list[str]]:
+    """The registered annotators' stages: ``scan`` (timed as tap pushes), ``clip`` (per-clip calls), ``heavy``
+    (not ``cheap``: left out of ``pipeline``), ``cheap_clip`` (per-clip and cheap: in the issue's target)."""
+    kinds = registered()
+    return {
+        "scan": [a.name for a in kinds if a.needs == "scan"],
+        "clip": [a.name for a in kinds if a.needs != "scan"],
+        "heavy": [a.name for a in kinds if not a.cheap],
+        "cheap_clip": [a.name for a in kinds if a.needs != "scan" and a.cheap],
+    }
+
+
+def stage_list() -> tuple[str, ...]:
+    names = stage_names()
+    return ("decode", "probe", "cuts", *names["scan"], "clipping", "keyframes", *names["clip"])
 
 
 def _pair(kind: Callable[[str], Any], sep: str) -> Callable[[str], tuple[Any, Any]]:
@@ -151,130 +152,21 @@ def demo_videos(folder: Path, args: argparse.Namespace) -> list[RawVideo]:
     return videos
 
 
-def plain_decode(path: str, threads: int) -> int:
-    """Decode every frame with the scan's decoder settings, converting nothing; returns the frame count."""
-    count = 0
-    with av.open(path, mode="r") as container:
-        stream = container.streams.video[0]
-        if threads != 1:
-            stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        for packet in container.demux(stream):  # the last (empty) packet flushes the decoder
-            count += len(packet.decode())
-    return count
-
-
-class StageClock:
-    """Seconds per stage, summed over calls until ``take()``."""
-
-    def __init__(self) -> None:
-        self.seconds: defaultdict[str, float] = defaultdict(float)
-
-    def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[stage] += time.perf_counter() - start
-
-        return timed
-
-    def take(self) -> dict[str, float]:
-        out, self.seconds = dict(self.seconds), defaultdict(float)
-        return out
-
-
-class TimedTap:
-    """A ``FrameTap`` forwarding to ``tap`` (and its optional ``begin``) that times each ``push`` as ``stage``."""
-
-    def __init__(self, tap: Any, stage: str, clock: StageClock) -> None:
-        self.tap, self.stage, self.clock = tap, stage, clock
-        self.fps, self.short_side = tap.fps, tap.short_side
-
-    def begin(self, info: VideoInfo) -> None:
-        begin = getattr(self.tap, "begin", None)
-        if callable(begin):
-            begin(info)
-
-    def push(self, index: int, time_s: float, frame: np.ndarray) -> None:
-        start = time.perf_counter()
-        self.tap.push(index, time_s, frame)
-        self.clock.seconds[self.stage] += time.perf_counter() - start
-
-
-def tap_stage(tap: Any) -> str:
-    if isinstance(tap, MotionTap):
-        return "motion"
-    if isinstance(tap, DetectorTap):
-        return f"tap:{tap.spec.name}"
-    return "tap:signal" if isinstance(tap, SignalTap) else f"tap:{type(tap).__name__}"
-
-
-@contextlib.contextmanager
-def instrumented(clock: StageClock) -> Iterator[None]:
-    """Swap the names ``curate_video`` calls for timing wrappers around the same objects; restored on exit."""
-    names = [*TIMED_CALLS, "scan_video", "CutCascade"]
-    missing = [n for n in names if not hasattr(annotate, n)]
-    if missing:
-        raise RuntimeError(f"data.curation.annotate no longer uses {missing}; update scripts/bench_curation.py")
-    saved = {n: getattr(annotate, n) for n in names}
-
-    def scan(path: Any, info: VideoInfo, taps: Any, **kwargs: Any) -> Any:
-        timed = [TimedTap(t, tap_stage(t), clock) for t in taps]
-        return clock.wrap("scan", saved["scan_video"])(path, info, timed, **kwargs)
-
-    class Cascade(saved["CutCascade"]):  # type: ignore[misc, valid-type]
-        def result(self, info: VideoInfo | None = None) -> Any:
-            return clock.wrap("cut_result", super().result)(info)
-
-    try:
-        for name, stage in TIMED_CALLS.items():
-            setattr(annotate, name, clock.wrap(stage, saved[name]))
-        annotate.scan_video, annotate.CutCascade = scan, Cascade  # type: ignore[assignment, misc]
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(annotate, name, value)
-
-
-class _TimedCall:
-    """An annotator (text detector, captioner) whose calls are timed; other attributes pass through."""
-
-    def __init__(self, inner: Any, stage: str, clock: StageClock) -> None:
-        self._inner, self._call = inner, clock.wrap(stage, inner)
-
-    def __call__(self, *args: Any) -> Any:
-        return self._call(*args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class _TimedScorer:
-    def __init__(self, inner: Any, clock: StageClock) -> None:
-        self.score_clip = clock.wrap("clip_scores", inner.score_clip)
-
-
-def build_annotators(args: argparse.Namespace, clock: StageClock) -> Annotators:
-    """The annotators ``curate_video`` uses, built from the arguments, with their calls timed by ``clock``."""
+def annotate_config(args: argparse.Namespace) -> AnnotateConfig:
     text = TextAreaConfig(intra_op_threads=args.threads)
     if args.text_detect_px is not None:
         text = dataclasses.replace(text, detect_px=args.text_detect_px)
     clip = ClipScoreConfig(model=args.clip_model, pretrained=args.clip_pretrained, aesthetic_head=args.aesthetic_head)
     options = {"model": args.captioner_model, "pretrained": args.captioner_pretrained}
-    cfg = AnnotateConfig(
+    return AnnotateConfig(
         text=text, clip_scores=args.clip_scores, clip=clip, captioner=args.captioner,
         captioner_options=options if args.captioner != "none" else {}, decode_threads=args.threads,
     )  # fmt: skip
-    built = Annotators.build(cfg)
-    return Annotators(
-        cfg,
-        text=_TimedCall(built.text, "text_area", clock) if built.text else None,  # type: ignore[arg-type]
-        clip=_TimedScorer(built.clip, clock) if built.clip else None,  # type: ignore[arg-type]
-        captioner=_TimedCall(built.captioner, "captioner", clock) if built.captioner else None,  # type: ignore[arg-type]
-    )
+
+
+def build_annotators(args: argparse.Namespace, clock: StageClock) -> Annotators:
+    """The annotators ``curate_video`` uses, built from the arguments, with their work timed by ``clock``."""
+    return timed_annotators(Annotators.build(annotate_config(args)), clock)
 
 
 def one_curate(raw: RawVideo, annotators: Annotators, clock: StageClock) -> dict[str, float]:
@@ -286,14 +178,16 @@ def one_curate(raw: RawVideo, annotators: Annotators, clock: StageClock) -> dict
     if outcome.skips:
         print(f"bench_curation: {raw.source}: skipped {dict(outcome.skips)}", file=sys.stderr)
     s = defaultdict(float, clock.take())
+    names = stage_names()
     taps = {k: v for k, v in s.items() if k.startswith("tap:")}
     run = {"full_pipeline": total, "clips": float(len(outcome.clips)), **taps}
-    run.update({k: s[k] for k in ("probe", "motion", "clipping", "keyframes", "text_area", "clip_scores")})
-    run.update(captioner=s["captioner"], scan=s["scan"], cut_result=s["cut_result"])
-    run["cuts"] = s["scan"] - s["motion"] + s["cut_result"]
-    run["decode_convert"] = s["scan"] - s["motion"] - sum(taps.values())
-    run["pipeline"] = total - s["clip_scores"] - s["captioner"]
-    known = ("probe", "scan", "cut_result", "clipping", "keyframes", "text_area", "clip_scores", "captioner")
+    run.update({k: s[k] for k in ("probe", *names["scan"], "clipping", "keyframes", *names["clip"])})
+    run.update(scan=s["scan"], cut_result=s["cut_result"])
+    scan_annotators = sum(s[k] for k in names["scan"])
+    run["cuts"] = s["scan"] - scan_annotators + s["cut_result"]
+    run["decode_convert"] = s["scan"] - scan_annotators - sum(taps.values())
+    run["pipeline"] = total - sum(s[k] for k in names["heavy"])
+    known = ("probe", "scan", "cut_result", "clipping", "keyframes", *names["clip"])
     run["other"] = total - sum(s[k] for k in known)
     return run
 
@@ -333,8 +227,9 @@ def summarise(runs: list[list[dict[str, float]]], infos: list[VideoInfo], args: 
     if any(rep[v]["clips"] != runs[0][v]["clips"] for rep in runs for v in range(len(infos))):
         raise RuntimeError("curate_video gave different clips in different repetitions; it must be deterministic")
     video_s = sum(i.duration_s for i in infos)
-    enabled = {"clip_scores": args.clip_scores, "captioner": args.captioner != "none"}
-    stages = [*STAGES, "pipeline", "full_pipeline"]
+    cfg, names = annotate_config(args), stage_names()
+    enabled = {a.name: a.enabled(cfg) for a in registered()}
+    stages = [*stage_list(), "pipeline", "full_pipeline"]
     seconds = {k: _sig(total[k]) if enabled.get(k, True) else None for k in stages}
     seconds.update({k: _sig(total[k]) for k in ("scan", "cut_result", "other")})
 
@@ -359,10 +254,12 @@ def summarise(runs: list[list[dict[str, float]]], infos: list[VideoInfo], args: 
         "clips_per_s_per_core": {k: rate(clips, k) for k in stages},
         "video_s_per_s_per_core": {k: rate(video_s, k) for k in stages},
         "seconds": seconds,
-        "scan_seconds": {k: _sig(total[k]) for k in keys if k.startswith("tap:") or k in ("decode_convert", "motion")},
+        "scan_seconds": {
+            k: _sig(total[k]) for k in keys if k.startswith("tap:") or k in ("decode_convert", *names["scan"])
+        },
         "pipeline_over_decode": _sig(total["pipeline"] / total["decode"]),
         "cuts_motion_text_over_decode": _sig(
-            (total["scan"] + total["cut_result"] + total["text_area"]) / total["decode"]
+            (total["scan"] + total["cut_result"] + sum(total[k] for k in names["cheap_clip"])) / total["decode"]
         ),
         "full_pipeline_over_decode": _sig(total["full_pipeline"] / total["decode"]),
         "scan_over_decode": _sig(total["scan"] / total["decode"]),

@@ -4,9 +4,9 @@ Runs the real training loop (``train.run.run``: ``StageModule`` + Lightning ``Tr
 twice in one process on the same clips, for ``--warmup + --steps`` optimizer steps each:
 
 - ``pixels``: the data pipeline decodes the clips and the objective encodes them with the frozen VAE every step;
-- ``cached``: the same clips first cached with the stage's own VAE (``scripts/cache_latents.py``'s library
-  functions; the VAE is the one the stage builds and initialises, so both runs train the same model), then the
-  stage's ``data.sources`` pointed at the cached shards.
+- ``cached``: the same clips first cached with the stage's own VAE (``train/stage_cache.py``, the library functions
+  of ``scripts/cache_latents.py``; the VAE is the one the stage builds and initialises, so both runs train the same
+  model), then the stage's ``data.sources`` pointed at the cached shards.
 
 Prints ONE JSON line: ``pixels_samples_per_s``, ``cached_samples_per_s`` and ``cached_over_pixels`` (steady state:
 batch size / median step time over the steps after ``--warmup``; the step time is StageModule's per-step
@@ -29,32 +29,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import csv
-import functools
-import importlib.util
 import json
 import math
 import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from data.shard_writer import mark_done, output_names
-from data.sources import expand_urls
 from models.unet import VideoUNet
-from train.builders import build_first_stage, build_objective, dataset_config, unet_spec
-from train.config import SourceSchema, register_configs
-from train.run import initialise, run
+from train.builders import build_first_stage, unet_spec
+from train.config import register_configs
+from train.run import run
+from train.stage_cache import cache_stage_sources, stage_vae, with_sources
 
 REPO = Path(__file__).resolve().parents[1]
 LOOP = (
@@ -131,66 +124,6 @@ def bench_config(args: argparse.Namespace, *, root: Path, data_root: Path, mode:
     cfg = compose(overrides)
     if cfg.stage.objective != "diffusion":
         raise ValueError(f"--stage {args.stage} trains {cfg.stage.objective!r}; the bench needs a diffusion stage")
-    return cfg
-
-
-@functools.cache
-def cache_script() -> ModuleType:
-    """scripts/cache_latents.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("cache_latents", REPO / "scripts" / "cache_latents.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def stage_vae(cfg: Any) -> nn.Module:
-    """The stage's frozen VAE exactly as ``train.run.run`` builds and initialises it (same seed, same init)."""
-    torch.manual_seed(cfg.seed)
-    objective = build_objective(cfg)
-    initialise(cfg, objective)
-    return objective.model.first_stage
-
-
-def cache_stage_sources(
-    cfg: Any, out: Path, *, vae: nn.Module, device: str = "cpu", batch_size: int = 16
-) -> list[dict[str, Any]]:
-    """Cache every source of the stage's data config with ``vae`` under ``out/<source index>/``.
-
-    The clips are cut as the stage asks (frames, rate, size, on_short; centred window and crop, as every cache).
-    Returns the ``data.sources`` entries that point at the cached shards (same weights and names).
-    """
-    cache = cache_script()
-    clip = dataset_config(cfg, seed=cfg.seed).clip
-    vae = vae.to(device).eval().requires_grad_(False)
-    info = {"source": f"stage {cfg.stage.name} (seed {cfg.seed})", "sha256": None, "kind": type(vae).__name__}
-    encoders = cache.Encoders(vae=vae, vae_info=info, clip=None, clip_name=None)
-    sources = []
-    for index, source in enumerate(cfg.data.sources):
-        urls = expand_urls(list(source.urls))
-        folder = out / str(index)
-        argv = ["--shards", *urls, "--out", str(folder), "--vae-random-tiny"]  # the VAE is ours, not built there
-        argv += ["--num-frames", str(clip.num_frames), "--size", f"{clip.size[0]}x{clip.size[1]}"]
-        argv += ["--on-short", clip.on_short, "--device", device, "--batch-size", str(batch_size)]
-        argv += ["--target-fps", str(clip.target_fps)] if clip.target_fps is not None else []
-        args = cache.parse_args(argv)
-        counts: Counter[str] = Counter()
-        written = []
-        with cache.tqdm(disable=True) as bar:
-            for url, name in zip(urls, output_names(urls), strict=True):
-                n = cache.cache_shard(url, folder / name, args=args, encoders=encoders, counts=counts, bar=bar)
-                if n is None:
-                    raise ValueError(f"cannot read shard {url}; check data.sources / --data")
-                mark_done(folder / name, {"source": url, "samples": n})
-                written.append(str(folder / name))
-        sources.append({"urls": written, "weight": float(source.weight), "name": str(source.name)})
-    return sources
-
-
-def with_sources(cfg: DictConfig, sources: list[dict[str, Any]]) -> DictConfig:
-    cfg = copy.deepcopy(cfg)
-    cfg.data.sources = [SourceSchema(**s) for s in sources]
     return cfg
 
 

@@ -27,20 +27,16 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.latent_cache import CacheInput, DecodedShard, cache_clip_spec, cached_record_members, pack_latents
-from data.micro_cond import MicroCondConfig
-from data.shard_writer import ShardWriter, is_done, mark_done, output_names
+from data.latent_cache_writer import CacheSettings, Encoders, cache_shard
+from data.shard_writer import is_done, mark_done, output_names
 from data.sources import expand_urls
-from data.transforms import to_model_range
 from data.video_decode import ClipSpec
 from models.checkpoints import VARIANTS, load_official_checkpoint, load_state_dict
 from models.conditioners.open_clip_factory import tiny_open_clip_config
@@ -115,14 +111,6 @@ def build_random_tiny_vae(seed: int) -> TemporalAutoencoder:
         return TemporalAutoencoder(tiny_autoencoder_spec()).eval()
 
 
-@dataclass
-class Encoders:
-    vae: nn.Module  # encode(x) -> DiagonalGaussianDistribution
-    vae_info: dict[str, Any]  # how the VAE was made, for the cached json
-    clip: nn.Module | None  # FrozenOpenCLIPImageEmbedder, or None for no embedding
-    clip_name: str | None
-
-
 def build_encoders(args: argparse.Namespace) -> Encoders:
     """The frozen encoders on ``args.device`` in ``args.dtype``."""
     clip: nn.Module | None = None
@@ -168,76 +156,11 @@ def build_encoders(args: argparse.Namespace) -> Encoders:
     return Encoders(vae, info, clip, clip_name)
 
 
-@torch.no_grad()
-def encode_items(
-    items: list[CacheInput], *, vae: nn.Module, clip: nn.Module | None, batch_size: int, device: str, dtype: torch.dtype
-) -> list[bytes]:
-    """The ``latents.safetensors`` bytes of each item; frames of several items share VAE forwards."""
-    frames = torch.cat([it.frames for it in items])  # (sum T, 3, H, W) uint8
-    moments = []
-    for chunk in frames.split(batch_size):
-        posterior = vae.encode(to_model_range(chunk.to(device), dtype=dtype))
-        moments.append(torch.cat([posterior.mean, posterior.logvar], dim=1).float().cpu())  # (n, 2z, h, w)
-    per_item = torch.cat(moments).split([it.frames.shape[0] for it in items])
-    embeddings: list[torch.Tensor | None] = [None] * len(items)
-    if clip is not None:
-        cond = torch.stack([it.frames[0] for it in items])  # (B, 3, H, W) clean conditioning frames
-        embeddings = list(clip(to_model_range(cond.to(device), dtype=dtype)).float().cpu()[:, None])  # B x (1, D)
-    return [
-        pack_latents(moments=m, cond_frame=it.frames[0], clip_image_embedding=e)
-        for it, m, e in zip(items, per_item, embeddings, strict=True)
-    ]
-
-
-def cache_shard(
-    url: str, out_path: Path, *, args: argparse.Namespace, encoders: Encoders, counts: Counter[str], bar: tqdm
-) -> int | None:
-    """Cache one shard; returns samples written, or None when the shard could not be read at all."""
-    enc = encoders
-    clip_spec = cache_clip_spec(
-        ClipSpec(num_frames=args.num_frames, target_fps=args.target_fps, size=args.size, on_short=args.on_short)
+def cache_settings(args: argparse.Namespace) -> CacheSettings:
+    clip = ClipSpec(num_frames=args.num_frames, target_fps=args.target_fps, size=args.size, on_short=args.on_short)
+    return CacheSettings(
+        clip=clip, batch_size=args.batch_size, device=args.device, dtype=DTYPES[args.dtype], workers=args.workers
     )
-    micro = MicroCondConfig()
-    pending: list[tuple[dict, CacheInput]] = []
-
-    def flush(writer: ShardWriter) -> None:
-        items = [it for _, it in pending]
-        dtype = DTYPES[args.dtype]
-        blobs = encode_items(
-            items, vae=enc.vae, clip=enc.clip, batch_size=args.batch_size, device=args.device, dtype=dtype
-        )
-        for (record, item), blob in zip(pending, blobs, strict=True):
-            members = cached_record_members(
-                record, item, latents=blob, clip=clip_spec, micro=micro, vae=enc.vae_info, clip_model=enc.clip_name
-            )
-            writer.write(str(record["__key__"]), members)
-        pending.clear()
-
-    # batch_size=None: items come one by one, in shard order (see DecodedShard); decoding runs in the workers.
-    loader = DataLoader(DecodedShard(url, clip_spec), batch_size=None, num_workers=args.workers)
-    try:
-        with ShardWriter(out_path) as writer:
-            for record, item, skip in loader:
-                if skip is not None:
-                    counts[skip[0]] += 1
-                    where = f"shard {url}" + (f" key {record['__key__']}" if record is not None else "")
-                    log.warning("%s: skipped: %s", where, skip[1])
-                    if skip[0] == "missing_shard":
-                        raise _Unreadable  # leave no (empty) output and no marker: a re-run tries again
-                    continue
-                bar.update(1)
-                pending.append((record, item))
-                if sum(it.frames.shape[0] for _, it in pending) >= args.batch_size:
-                    flush(writer)
-            if pending:
-                flush(writer)
-    except _Unreadable:
-        return None
-    return writer.count
-
-
-class _Unreadable(Exception):
-    """The input shard could not be opened; abandons its output."""
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -269,11 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     encoders = build_encoders(args) if todo else None  # loading a checkpoint is skipped when all is done
     counts: Counter[str] = Counter()
     written = shards_done = 0
+    settings = cache_settings(args)
     start = time.perf_counter()
     with tqdm(unit="sample", desc="cache latents") as bar:
         for url, out_path in todo:
             assert encoders is not None
-            n = cache_shard(url, out_path, args=args, encoders=encoders, counts=counts, bar=bar)
+            n = cache_shard(url, out_path, settings=settings, encoders=encoders, counts=counts, progress=bar.update)
             if n is None:  # unreadable shard: no marker, so a re-run tries it again
                 continue
             mark_done(out_path, {"source": url, "samples": n})

@@ -28,22 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from data.curation.config import CurateConfig, config_from_hydra, register_schema  # noqa: E402
+from data.curation.config import CONF_DIR, CurateConfig, compose_config  # noqa: E402
 from data.curation.scoring import evaluate, text_area_bound  # noqa: E402
 
-FILTERS = REPO / "conf" / "curate" / "filters"
+FILTERS = CONF_DIR / "filters"
 
 
 def compose(overrides: list[str]) -> CurateConfig:
-    """The curation config with ``overrides`` applied, as ``python -m data.curation`` composes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_schema()
-    with initialize_config_dir(str(REPO / "conf" / "curate"), version_base="1.3"):
-        dcfg = hydra_compose("curate", ["input=unused", f"out={tempfile.gettempdir()}/unused", *overrides])
-    dcfg.subsets = {}  # the subsets' filters play no part here (and may need models that are not configured)
-    return config_from_hydra(dcfg)
+    """The curation config with ``overrides`` applied, as ``python -m data.curation`` composes it; no subsets (their
+    filters play no part here and may need models that are not configured)."""
+    return compose_config(["input=unused", f"out={tempfile.gettempdir()}/unused", *overrides], subsets=False)
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ Each prints one JSON line with the metrics (and writes it to --out when given).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -24,13 +25,15 @@ import torch
 
 from data.video_decode import ClipSpec
 from train.conditioning import fps_to_fps_id
+from train.config import EvaluationConfig, GenerationSettings
 from train.evaluation import ucf101 as u
 from train.evaluation.clip_metrics import ClipScorer, score_videos
 from train.evaluation.features import I3D_HELP, VideoFeatureExtractor, accumulate_features, build_extractor, metric_name
 from train.evaluation.frechet import FeatureStats, frechet_distance, load_stats
-from train.evaluation.generate import GenerationSettings, generate_video, load_export_generator
+from train.evaluation.generate import generate_video, load_export_generator
 from train.evaluation.video_files import iter_file_clips, iter_shard_clips, iter_video_files, list_videos
 from train.media import atomic_path, read_image
+from train.tasks import get_task
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -49,8 +52,12 @@ def ucf_epilog() -> str:
 
 def _common(p: argparse.ArgumentParser, *, features: bool) -> None:
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8, help="videos per feature-network call")
-    p.add_argument("--clip-arch", default="ViT-B-32", help="open_clip model name (tiny: random test-size model)")
+    p.add_argument(
+        "--batch-size", type=int, default=EvaluationConfig.batch_size, help="videos per feature-network call"
+    )
+    p.add_argument(
+        "--clip-arch", default=EvaluationConfig.clip_arch, help="open_clip model name (tiny: random test-size model)"
+    )
     p.add_argument("--clip-pretrained", help="open_clip tag (downloads) or local weights file; default: random")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the JSON line here (atomically)")
@@ -99,14 +106,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ucf.add_argument(
         "--cfg", type=float, default=u.UCF_CFG, help=f"guidance scale, constant over frames (default {u.UCF_CFG:g})"
     )
-    ucf.add_argument("--steps", type=int, default=25)
+    ucf.add_argument("--steps", type=int, default=GenerationSettings.num_steps)
     ucf.add_argument("--prompt-template", default="{}", help="'{}' is replaced by the class name (default '{}')")
     ucf.add_argument("--num-frames", type=int, default=u.UCF_NUM_FRAMES)
     ucf.add_argument("--fps", type=float, default=u.UCF_FPS, help="conditions fps_id = fps - 1")
     ucf.add_argument("--height", type=int, default=u.GENERATION_SIZE[0])
     ucf.add_argument("--width", type=int, default=u.GENERATION_SIZE[1])
-    ucf.add_argument("--motion-bucket-id", type=int, default=127)
-    ucf.add_argument("--decode-chunk", type=int, default=14)
+    ucf.add_argument("--motion-bucket-id", type=int, default=GenerationSettings.motion_bucket_id)
+    ucf.add_argument("--decode-chunk", type=int, default=GenerationSettings.decode_chunk)
     ucf.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     ucf.add_argument("--real-start", choices=["random", "center"], default="random", help="real clip start (seeded)")
     ucf.add_argument("--on-short", choices=["skip", "pad"], default="skip", help="real videos under 16 frames")
@@ -241,15 +248,13 @@ def ucf_generated_stats(
     """Feature statistics of the protocol's generated videos, generated with the --export model; ``rows``, when
     given, also receives the (B, dim) features of each batch (what ``--part`` saves)."""
     source = load_export_generator(args.export, device=args.device, dtype=DTYPES[args.dtype])
-    if source.task != "t2v":
+    task = get_task(source.task)
+    if not task.video or task.image_conditioned:
         raise ValueError(
             f"{args.export} is a {source.task} stage; the UCF-101 protocol is text-to-video "
             "(use a video_pretrain or video_finetune export)"
         )
     settings = GenerationSettings(
-        num_frames=args.num_frames,
-        height=args.height,
-        width=args.width,
         num_steps=args.steps,
         min_cfg=args.cfg,
         max_cfg=args.cfg,
@@ -262,9 +267,11 @@ def ucf_generated_stats(
         return generate_video(
             source.model,
             source.denoiser,
-            task="t2v",
-            settings=settings,
-            seed=request.seed,
+            task=task.name,
+            num_frames=args.num_frames,
+            height=args.height,
+            width=args.width,
+            settings=dataclasses.replace(settings, seed=request.seed),
             prompt=request.prompt,
             device=source.device,
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoints.diffusers_pipeline import tiny_diffusers_sizes
-from train.interop_diffusers import OFFICIAL_VARIANTS, export_official, export_stage
+from train.interop_diffusers import OFFICIAL_VARIANTS, export_pipeline
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -46,12 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    common = {"dtype": DTYPES.get(args.dtype), "overwrite": args.overwrite}
-    if args.export is not None:
-        notes = export_stage(args.export, args.out, **common)
-    else:
-        sizes = tiny_diffusers_sizes() if args.tiny else None
-        notes = export_official(args.official, args.out, variant=args.variant, sizes=sizes, **common)
+    source = args.export if args.export is not None else args.official
+    sizes = tiny_diffusers_sizes() if args.tiny and args.official is not None else None
+    dtype = DTYPES.get(args.dtype)
+    notes = export_pipeline(source, args.out, variant=args.variant, sizes=sizes, dtype=dtype, overwrite=args.overwrite)
     if notes.dropped or notes.warnings:
         print(notes.summary())
     print(args.out)

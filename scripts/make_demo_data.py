@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from data.atomic_write import atomic_write_bytes
 from data.demo_data import clip_first_frame, write_demo_dataset
-from data.shard_writer import atomic_write_bytes
 
 
 def parse_size(text: str) -> tuple[int, int]:

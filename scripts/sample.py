@@ -28,8 +28,10 @@ from models.latent_diffusion import LatentDiffusion
 from models.unet import tiny_unet_spec
 from models.vae import tiny_autoencoder_spec
 from train.conditioning import fps_to_fps_id
+from train.config import GenerationSettings, SamplesConfig
 from train.media import read_image, write_gif, write_mp4
 from train.sampling import PRESETS, SamplingPreset, sample_video
+from train.tasks import SVD_TASK
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -53,14 +55,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-frames", type=int, help="default: the variant's or the stage's")
     p.add_argument("--height", type=int, help="default: 576, or the stage's")
     p.add_argument("--width", type=int, help="default: 1024, or the stage's")
-    p.add_argument("--fps", type=float, default=7.0, help="frame rate of the files; conditions fps_id = fps - 1")
-    p.add_argument("--motion-bucket-id", type=int, default=127)
-    p.add_argument("--cond-aug", type=float, default=0.02)
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=float(SamplesConfig.fps),
+        help="frame rate of the files; conditions fps_id = fps - 1",
+    )
+    p.add_argument("--motion-bucket-id", type=int, default=GenerationSettings.motion_bucket_id)
+    p.add_argument("--cond-aug", type=float, default=GenerationSettings.cond_aug)
     p.add_argument("--steps", type=int, help="default: 25 (svd) or 30 (svd_xt)")
     p.add_argument("--min-cfg", type=float, help="default: 1.0 (svd) or 1.5 (svd_xt)")
     p.add_argument("--max-cfg", type=float, help="default: 2.5 (svd) or 3.0 (svd_xt)")
-    p.add_argument("--decode-chunk", type=int, default=14, help="frames decoded at a time")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decode-chunk", type=int, default=GenerationSettings.decode_chunk, help="frames decoded at a time")
+    p.add_argument("--seed", type=int, default=GenerationSettings.seed)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--name", help="file name without suffix; default from the image or prompt and the seed")
@@ -95,7 +102,7 @@ def load_source(args: argparse.Namespace) -> Source:
     sizes = tiny_sizes() if args.tiny else None
     loaded = load_official_checkpoint(args.checkpoint, variant=args.variant, sizes=sizes, device=device, dtype=dtype)
     model = LatentDiffusion(unet=loaded.unet, first_stage=loaded.first_stage, conditioner=loaded.conditioner)
-    return Source(model.eval(), Denoiser(VScalingWithEDMcNoise()), "i2v", PRESETS[args.variant])
+    return Source(model.eval(), Denoiser(VScalingWithEDMcNoise()), SVD_TASK, PRESETS[args.variant])
 
 
 def _cfg(preset: SamplingPreset) -> dict[str, Any]:
@@ -107,6 +114,20 @@ def output_name(args: argparse.Namespace) -> str:
         return args.name
     base = args.image.stem if args.image is not None else re.sub(r"[^A-Za-z0-9]+", "_", args.prompt or "")[:40]
     return f"{base.strip('_') or 'sample'}_seed{args.seed}"
+
+
+def generation_settings(args: argparse.Namespace, preset: SamplingPreset) -> GenerationSettings:
+    """The flags as ``GenerationSettings``; steps and guidance default to the variant's (or svd's for an export)."""
+    return GenerationSettings(
+        num_steps=args.steps or preset.num_steps,
+        min_cfg=preset.min_cfg if args.min_cfg is None else args.min_cfg,
+        max_cfg=preset.max_cfg if args.max_cfg is None else args.max_cfg,
+        fps_id=fps_to_fps_id(args.fps),
+        motion_bucket_id=args.motion_bucket_id,
+        cond_aug=args.cond_aug,
+        seed=args.seed,
+        decode_chunk=args.decode_chunk,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,15 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         num_frames=args.num_frames or preset.num_frames,
         height=args.height or preset.height,
         width=args.width or preset.width,
-        fps_id=fps_to_fps_id(args.fps),
-        motion_bucket_id=args.motion_bucket_id,
-        cond_aug=args.cond_aug,
-        num_steps=args.steps or preset.num_steps,
-        min_cfg=preset.min_cfg if args.min_cfg is None else args.min_cfg,
-        max_cfg=preset.max_cfg if args.max_cfg is None else args.max_cfg,
-        seed=args.seed,
+        settings=generation_settings(args, preset),
         device=args.device,
-        decode_chunk=args.decode_chunk,
         progress=args.progress,
     )
     name = output_name(args)

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
+SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@cache
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module, loaded once per session (scripts/ is not a package, so tests of a CLI
+    cannot import it): ``load_script("sample").main([...])``. Registered in ``sys.modules`` as ``scripts.<name>``,
+    where dataclasses defined in the script look their module up."""
+    path = SCRIPTS_DIR / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"scripts.{name}", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        known = sorted(p.stem for p in SCRIPTS_DIR.glob("*.py"))
+        raise ValueError(f"no script {path}; choose one of {known}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @cache

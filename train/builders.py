@@ -17,19 +17,15 @@ from data.sources import SourceSpec
 from data.stream import MetadataFilter, StreamConfig
 from data.video_decode import ClipSpec
 from models.activation_checkpointing import apply_activation_checkpointing
-from models.conditioners import (
-    GeneralConditioner,
-    build_sd21_text_conditioner,
-    build_svd_conditioner,
-    build_text_video_conditioner,
-    tiny_open_clip_config,
-)
+from models.conditioners import GeneralConditioner, tiny_open_clip_config
 from models.diffusion import Denoiser, EDMSampling, StandardDiffusionLoss, VScalingWithEDMcNoise, VWeighting
 from models.latent_diffusion import FIRST_STAGE_PREFIX, LatentDiffusion
 from models.unet import TemporalSpec, UNetSpec, VideoUNet
 from models.vae import AutoencoderKL, AutoencoderSpec, TemporalAutoencoder, temporal_from_kl
-from train.conditioning import CondAugConfig, check_task, latent_hw, vector_dim
-from train.objective import Objective
+from train.conditioning import CondAugConfig, latent_hw
+from train.config import OBJECTIVES
+from train.objectives.base import Objective
+from train.tasks import ConditionerParts, get_task
 
 TINY_CLIP = "tiny"
 
@@ -45,16 +41,16 @@ def clip_arch(cfg: Any) -> str | dict[str, Any]:
 def unet_spec(cfg: Any) -> UNetSpec:
     """The UNet spec of the stage: the model group's sizes, input channels and vector size from the task."""
     u = _plain(cfg.model.unet)
-    task = check_task(cfg.conditioner.task)
+    task = get_task(cfg.conditioner.task)
     temporal = None
     if u.pop("video"):
         temporal = TemporalSpec(merge_strategy=u["merge_strategy"], merge_factor=u["merge_factor"])
     u.pop("merge_strategy"), u.pop("merge_factor")
     latent = cfg.model.autoencoder.embed_dim
     return UNetSpec(
-        in_channels=2 * latent if task == "i2v" else latent,
+        in_channels=task.in_channel_factor * latent,
         out_channels=latent,
-        adm_in_channels=vector_dim(task),
+        adm_in_channels=task.vector_dim,
         temporal=temporal,
         channel_mult=tuple(u.pop("channel_mult")),
         attention_resolutions=tuple(u.pop("attention_resolutions")),
@@ -73,24 +69,19 @@ def build_first_stage(cfg: Any) -> AutoencoderKL | TemporalAutoencoder:
     return TemporalAutoencoder(spec) if cfg.model.autoencoder.temporal_decoder else AutoencoderKL(spec)
 
 
-def build_conditioner(cfg: Any) -> GeneralConditioner:
-    task = check_task(cfg.conditioner.task)
-    arch, pretrained = clip_arch(cfg), cfg.model.clip.pretrained
-    rates = _plain(cfg.conditioner.ucg_rates)
-    if task == "t2i":
-        unknown = set(rates) - {"txt"}
-        if unknown:
-            raise ValueError(f"conditioner.ucg_rates has keys {sorted(unknown)}; the t2i conditioner has only 'txt'")
-        return build_sd21_text_conditioner(arch=arch, pretrained=pretrained, ucg_rate=rates.get("txt", 0.0))
-    if task == "t2v":
-        return build_text_video_conditioner(arch=arch, pretrained=pretrained, ucg_rates=rates)
-    return build_svd_conditioner(
-        encoder=AutoencoderKL(autoencoder_spec(cfg)),
-        clip_arch=arch,
-        clip_pretrained=pretrained,
+def conditioner_parts(cfg: Any) -> ConditionerParts:
+    return ConditionerParts(
+        clip_arch=clip_arch(cfg),
+        clip_pretrained=cfg.model.clip.pretrained,
+        ucg_rates=_plain(cfg.conditioner.ucg_rates),
         clip_resize=cfg.conditioner.clip_resize,
-        ucg_rates=rates,
+        autoencoder=autoencoder_spec(cfg),
     )
+
+
+def build_conditioner(cfg: Any) -> GeneralConditioner:
+    """The task's conditioner (``TaskSpec.build_conditioner``)."""
+    return get_task(cfg.conditioner.task).build_conditioner(conditioner_parts(cfg))
 
 
 def check_resolution(cfg: Any) -> None:
@@ -112,15 +103,15 @@ def build_latent_diffusion(cfg: Any) -> LatentDiffusion:
 def build_objective(cfg: Any) -> Objective:
     """The stage's objective with freshly built (random or pretrained-tower) modules; weights come later."""
     kind = cfg.stage.objective
-    if kind not in ("diffusion", "autoencoder", "temporal_decoder"):
-        raise ValueError(f"stage.objective={kind!r}; choose diffusion, autoencoder or temporal_decoder")
+    if kind not in OBJECTIVES:
+        raise ValueError(f"stage.objective={kind!r}; choose one of {', '.join(OBJECTIVES)}")
     if kind == "diffusion":
         model = build_latent_diffusion(cfg)
         from train.objectives.diffusion import DiffusionObjective
 
         return DiffusionObjective(
             model,
-            task=check_task(cfg.conditioner.task),
+            task=cfg.conditioner.task,
             denoiser=Denoiser(VScalingWithEDMcNoise()),
             loss=StandardDiffusionLoss(
                 EDMSampling(p_mean=cfg.stage.sigma.p_mean, p_std=cfg.stage.sigma.p_std), loss_weighting=VWeighting()

@@ -1,81 +1,55 @@
 """The conditioner inputs of each task, built the same way for training and for sampling.
 
-- ``t2i`` (Stage I): SD 2.1 text conditioner; input ``txt``; unconditional ``txt = ""``.
-- ``t2v`` (II, III text-to-video): text + ``fps_id`` + ``motion_bucket_id``; unconditional ``txt = ""``, vector kept.
-- ``i2v`` (SVD / SVD-XT): the SVD image conditioner (RECIPE 2), its five keys; unconditional ``cond_frames*``
-  zeroed, vector kept.
-
-Noise augmentation of the conditioning frame (i2v, RECIPE 2): ``cond_frames = frame0 + cond_aug * eps`` with
-``log cond_aug ~ N(-3.0, 0.5^2)`` in training and a fixed ``cond_aug`` (0.02) at sampling; CLIP sees the clean
-frame; ``cond_aug`` itself is a vector input.
+What each task conditions on is its ``TaskSpec`` (``train/tasks.py``); these functions look the task up there.
+Noise augmentation of the conditioning frame (image-conditioned tasks, RECIPE 2): ``cond_frames = frame0 +
+cond_aug * eps`` with ``log cond_aug ~ N(p_mean, p_std^2)`` in training (``train.config.CondAugConfig``) and a fixed
+``cond_aug`` at sampling (``train.config.GenerationSettings``); CLIP sees the clean frame; ``cond_aug`` itself is a
+vector input.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from models.conditioners import SVD_UC_ZERO_KEYS, add_cond_noise
+from train.config import CondAugConfig
+from train.tasks import TEXT_KEY, get_task
 
-Task = Literal["t2i", "t2v", "i2v"]
-TASKS: tuple[str, ...] = ("t2i", "t2v", "i2v")
-TEXT_KEY = "txt"
-
-
-@dataclass(frozen=True)
-class CondAugConfig:
-    """log cond_aug ~ N(p_mean, p_std^2) in training (SVD App D.4: -3.0, 0.5)."""
-
-    p_mean: float = -3.0
-    p_std: float = 0.5
-
-    def sample(self, n: int, *, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-        draw = generator.device if generator is not None else device
-        log_sigma = self.p_mean + self.p_std * torch.randn(n, generator=generator, device=draw)
-        return log_sigma.exp().to(device)
+__all__ = [
+    "TEXT_KEY",
+    "CondAugConfig",
+    "conditioner_inputs",
+    "fps_to_fps_id",
+    "latent_hw",
+    "per_frame",
+    "sample_cond_aug",
+    "unconditional_inputs",
+    "vector_dim",
+]
 
 
-def check_task(task: str) -> Task:
-    if task not in TASKS:
-        raise ValueError(f"task={task!r}; choose one of {', '.join(TASKS)}")
-    return task  # type: ignore[return-value]
+def conditioner_inputs(task: str, **sources: Any) -> dict[str, Any]:
+    """The conditioner batch for ``task`` (``TaskSpec.conditional_inputs``) from the keyword ``sources``:
+    ``captions`` (B strings), ``fps_id`` and ``motion_bucket_id`` (B,), and for an image-conditioned task
+    ``cond_image`` (B, 3, H, W) in [-1, 1], ``cond_aug`` (B,) and the ``generator`` of the frame noise."""
+    return get_task(task).conditional_inputs(**sources)
 
 
-def conditioner_inputs(
-    task: Task,
-    *,
-    captions: list[str],
-    fps_id: torch.Tensor,
-    motion_bucket_id: torch.Tensor,
-    cond_image: torch.Tensor | None = None,
-    cond_aug: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> dict[str, Any]:
-    """The conditioner batch for ``task``; ``cond_image`` (B, 3, H, W) in [-1, 1] and ``cond_aug`` (B,) for i2v."""
-    check_task(task)
-    if task == "t2i":
-        return {TEXT_KEY: list(captions)}
-    vector = {"fps_id": fps_id.float(), "motion_bucket_id": motion_bucket_id.float()}
-    if task == "t2v":
-        return {TEXT_KEY: list(captions), **vector}
-    if cond_image is None or cond_aug is None:
-        raise ValueError("i2v conditioning needs cond_image (the clean first frame) and cond_aug")
-    return {
-        "cond_frames_without_noise": cond_image,
-        "cond_frames": add_cond_noise(cond_image, cond_aug, generator=generator),
-        **vector,
-        "cond_aug": cond_aug.float(),
-    }
-
-
-def unconditional_inputs(task: Task, inputs: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+def unconditional_inputs(task: str, inputs: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """(batch for the unconditional branch, embeddings to zero there) for classifier-free guidance."""
-    if task == "i2v":
-        return inputs, SVD_UC_ZERO_KEYS
-    return {**inputs, TEXT_KEY: [""] * len(inputs[TEXT_KEY])}, ()
+    return get_task(task).unconditional_inputs(inputs)
+
+
+def sample_cond_aug(
+    config: CondAugConfig, n: int, *, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """``n`` training noise levels of the conditioning frame, ``log cond_aug ~ N(p_mean, p_std^2)``, drawn on the
+    generator's device."""
+    draw = generator.device if generator is not None else device
+    log_sigma = config.p_mean + config.p_std * torch.randn(n, generator=generator, device=draw)
+    return log_sigma.exp().to(device)
 
 
 def per_frame(cond: dict[str, torch.Tensor], num_frames: int) -> dict[str, torch.Tensor]:
@@ -83,9 +57,9 @@ def per_frame(cond: dict[str, torch.Tensor], num_frames: int) -> dict[str, torch
     return {k: v.repeat_interleave(num_frames, dim=0) for k, v in cond.items()}
 
 
-def vector_dim(task: Task) -> int | None:
+def vector_dim(task: str) -> int | None:
     """Size of the UNet's vector input (``adm_in_channels``) the task's conditioner produces."""
-    return {"t2i": None, "t2v": 512, "i2v": 768}[check_task(task)]
+    return get_task(task).vector_dim
 
 
 def latent_hw(height: int, width: int, downsample: int) -> tuple[int, int]:

@@ -11,6 +11,9 @@ the entry point checks such arguments against these dataclasses before composing
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,13 +22,15 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from data.micro_cond import MotionBucketMapping
+from models.activation_checkpointing import CHECKPOINTING_MODES
+from models.unet import TemporalSpec, UNetSpec
+from models.vae import AutoencoderSpec
 from train.config_keys import check_known_keys
+from train.strategy_registry import strategy_names
+from train.tasks import TASKS, get_task
 
 OBJECTIVES = ("diffusion", "autoencoder", "temporal_decoder")
 MEDIA = ("images", "clips")
-TASKS = ("t2i", "t2v", "i2v")
-STRATEGIES = ("auto", "ddp", "deepspeed_zero2", "deepspeed_zero3")
-CHECKPOINTING = ("none", "all", "input", "middle", "output")
 WANDB_MODES = ("offline", "online", "disabled")
 # stage.trainable_layers: "temporal" = the layers the video UNet adds over the SD 2.1 image UNet (train/module.py).
 TRAINABLE_LAYERS = ("all", "temporal")
@@ -40,40 +45,53 @@ class PathsConfig:
     data_root: str = "outputs/demo_data"
 
 
+def spec_config(name: str, spec: type, names: typing.Sequence[str], extra: list[tuple], doc: str) -> type:
+    """A schema dataclass with the fields ``names`` of the model spec dataclass ``spec``, their defaults taken from
+    it (tuples as lists, which OmegaConf can hold), then the ``extra`` (name, type, field) entries."""
+    hints, fields = typing.get_type_hints(spec), {f.name: f for f in dataclasses.fields(spec)}
+    entries: list[tuple] = []
+    for n in names:
+        f, tp = fields[n], hints[n]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if typing.get_origin(tp) is tuple:
+            entries.append((n, list[typing.get_args(tp)[0]], field(default_factory=functools.partial(list, default))))
+        else:
+            entries.append((n, tp, field(default=default)))
+    cls = dataclasses.make_dataclass(name, entries + extra)
+    cls.__module__, cls.__doc__ = __name__, doc
+    return cls
+
+
+# in_channels, out_channels and adm_in_channels follow the task (train/tasks.py); temporal is the three keys below.
+UNetConfig = spec_config(
+    "UNetConfig",
+    UNetSpec,
+    [
+        f.name
+        for f in dataclasses.fields(UNetSpec)
+        if f.name not in ("in_channels", "out_channels", "adm_in_channels", "temporal")
+    ],
+    [
+        # Temporal layers (Stage II on): model.unet.video adds TemporalSpec's layers with these two fields.
+        ("video", bool, field(default=False)),
+        ("merge_strategy", str, field(default=TemporalSpec.merge_strategy)),
+        ("merge_factor", float, field(default=TemporalSpec.merge_factor)),
+    ],
+    "``models.unet.UNetSpec`` fields (official names) and defaults. in_channels and adm_in_channels follow the task.",
+)
+# The sizes a config may change, in the order the configs have always listed them; the other fields (double_z,
+# resolution, in_channels, out_ch, dropout) keep the spec's values.
+AutoencoderConfig = spec_config(
+    "AutoencoderConfig",
+    AutoencoderSpec,
+    ["ch", "ch_mult", "num_res_blocks", "embed_dim", "z_channels", "attn_resolutions"],
+    [("temporal_decoder", bool, field(default=False))],
+    "``models.vae.AutoencoderSpec`` fields and defaults; ``temporal_decoder`` selects SVD's video decoder.",
+)
+
+
 @dataclass
-class UNetConfig:
-    """``models.unet.UNetSpec`` fields (official names). in_channels and adm_in_channels follow the task."""
-
-    model_channels: int = 320
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
-    num_res_blocks: int = 2
-    attention_resolutions: list[int] = field(default_factory=lambda: [4, 2, 1])
-    num_head_channels: int = 64
-    transformer_depth: int = 1
-    context_dim: int = 1024
-    use_linear_in_transformer: bool = True
-    dropout: float = 0.0
-    # Temporal layers (Stage II on); the TemporalSpec fields of svd.yaml.
-    video: bool = False
-    merge_strategy: str = "learned_with_images"
-    merge_factor: float = 0.5
-
-
-@dataclass
-class AutoencoderConfig:
-    """``models.vae.AutoencoderSpec`` fields; ``temporal_decoder`` selects SVD's video decoder for the first stage."""
-
-    ch: int = 128
-    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
-    num_res_blocks: int = 2
-    embed_dim: int = 4
-    z_channels: int = 4
-    attn_resolutions: list[int] = field(default_factory=list)
-    temporal_decoder: bool = False
-
-
-@dataclass
-class ClipConfig:
+class ClipModelConfig:
     """OpenCLIP tower: ``arch`` is an open_clip model name (ViT-H-14) or ``tiny`` (random, for tests and the demo)."""
 
     arch: str = "ViT-H-14"
@@ -84,16 +102,17 @@ class ClipConfig:
 class ModelConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    activation_checkpointing: str = "none"  # none | all | input | middle | output (UNet blocks)
+    clip: ClipModelConfig = field(default_factory=ClipModelConfig)
+    activation_checkpointing: str = "none"  # UNet blocks: models.activation_checkpointing.CHECKPOINTING_MODES
     compile: bool = False  # torch.compile the UNet
 
 
 @dataclass
 class ConditionerConfig:
-    """The task fixes the conditioner (train/conditioning.py): t2i text, t2v text + fps + motion, i2v SVD."""
+    """The task fixes the conditioner (a ``train.tasks.TaskSpec``): t2i text, t2v text + fps + motion, i2v SVD.
+    Each conf/conditioner/ file names its task."""
 
-    task: str = "t2i"
+    task: str = MISSING
     ucg_rates: dict[str, float] = field(default_factory=dict)  # input key -> CFG dropout probability
     clip_resize: str = "kornia"
 
@@ -107,8 +126,9 @@ class SigmaConfig:
 
 
 @dataclass
-class CondAugSchema:
-    """I2V conditioning-frame noise: log sigma_aug ~ N(p_mean, p_std^2) (SVD App D.4)."""
+class CondAugConfig:
+    """I2V conditioning-frame noise in training: log sigma_aug ~ N(p_mean, p_std^2) (SVD App D.4: -3.0, 0.5);
+    drawn by ``train.conditioning.sample_cond_aug``."""
 
     p_mean: float = -3.0
     p_std: float = 0.5
@@ -162,7 +182,7 @@ class StageConfig:
     width: int = 256
     max_steps: int = 1000
     sigma: SigmaConfig = field(default_factory=SigmaConfig)
-    cond_aug: CondAugSchema = field(default_factory=CondAugSchema)
+    cond_aug: CondAugConfig = field(default_factory=CondAugConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMASchema = field(default_factory=EMASchema)
     init: InitConfig = field(default_factory=InitConfig)
@@ -236,35 +256,46 @@ class StrategyConfig:
 
 
 @dataclass
-class SamplesConfig:
-    """Sample videos logged during training (0 disables)."""
+class GenerationSettings:
+    """How a sample is generated besides the model, its size and the prompt or image (``train.sampling.sample_video``):
+    Euler steps, the guidance scale (min_cfg -> max_cfg over the frames; max_cfg alone for image tasks), the
+    micro-conditioning, the conditioning-frame noise, the seed and the frames decoded at a time. The defaults are
+    svd's (RECIPE 3); scripts/sample.py, scripts/evaluate.py and both training callbacks use these."""
 
-    every_n_steps: int = 0
-    prompts: list[str] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)
     num_steps: int = 25
     min_cfg: float = 1.0
     max_cfg: float = 2.5
     fps_id: int = 6
     motion_bucket_id: int = 127
+    cond_aug: float = 0.02
     seed: int = 0
-    fps: int = 7
+    decode_chunk: int = 14
+
+
+def generation_settings(node: Any) -> GenerationSettings:
+    """The ``GenerationSettings`` fields of a config node (logger.samples, logger.evaluation)."""
+    return GenerationSettings(**{f.name: node[f.name] for f in dataclasses.fields(GenerationSettings)})
 
 
 @dataclass
-class EvaluationConfig:
-    """Metrics of a fixed generated set during training (0 disables; train/callbacks/evaluate_videos.py)."""
+class SamplesConfig(GenerationSettings):
+    """Sample videos logged during training (0 disables), generated with the ``GenerationSettings`` fields."""
+
+    every_n_steps: int = 0
+    prompts: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    fps: int = 7  # frame rate of the written files
+
+
+@dataclass
+class EvaluationConfig(GenerationSettings):
+    """Metrics of a fixed generated set during training (0 disables; train/callbacks/evaluate_videos.py), generated
+    with the ``GenerationSettings`` fields."""
 
     every_n_steps: int = 0
     prompts: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     videos_per_prompt: int = 1  # seeds seed, seed + 1, ... for each prompt or image
-    num_steps: int = 25
-    min_cfg: float = 1.0
-    max_cfg: float = 2.5
-    fps_id: int = 6
-    motion_bucket_id: int = 127
-    seed: int = 0
     clip_arch: str = "ViT-B-32"  # CLIPSIM's usual tower; "tiny" for tests
     clip_pretrained: str | None = None  # an open_clip tag or a local file; None leaves CLIP random
     features: str = "none"  # Frechet distance to `reference`: none | i3d (FVD, needs i3d_path) | clip
@@ -337,13 +368,13 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"the config is incomplete: {err}") from None
     _choice(cfg.stage.objective, OBJECTIVES, "stage.objective")
     _choice(cfg.stage.media, MEDIA, "stage.media")
-    _choice(cfg.conditioner.task, TASKS, "conditioner.task")
-    _choice(cfg.strategy.name, STRATEGIES, "strategy.name")
-    _choice(cfg.model.activation_checkpointing, CHECKPOINTING, "model.activation_checkpointing")
+    _choice(cfg.conditioner.task, tuple(TASKS), "conditioner.task")
+    _choice(cfg.strategy.name, strategy_names(), "strategy.name")  # train/strategy_registry.py
+    _choice(cfg.model.activation_checkpointing, CHECKPOINTING_MODES, "model.activation_checkpointing")
     _choice(cfg.logger.wandb_mode, WANDB_MODES, "logger.wandb_mode")
     _choice(cfg.stage.trainable_layers, TRAINABLE_LAYERS, "stage.trainable_layers")
     if cfg.stage.objective == "diffusion":
-        video = cfg.conditioner.task in ("t2v", "i2v")
+        video = get_task(cfg.conditioner.task).video
         if video != bool(cfg.model.unet.video):
             raise ValueError(
                 f"conditioner.task={cfg.conditioner.task} needs model.unet.video={video}; the stage config sets "

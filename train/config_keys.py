@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from data.schema_types import strip_optional
 
 
 def check_known_keys(cfg: Any, schema: type) -> None:
@@ -55,7 +56,7 @@ def _field_type(schema: type, path: list[str]) -> Any:
     tp: Any = schema
     where = ""
     for part in path:
-        tp = _strip_optional(tp)
+        tp = strip_optional(tp)
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if dataclasses.is_dataclass(tp):
             names = [f.name for f in dataclasses.fields(tp)]
@@ -72,7 +73,7 @@ def _field_type(schema: type, path: list[str]) -> Any:
 
 
 def _check_keys(tp: Any, value: Any, where: str) -> None:
-    tp = _strip_optional(tp)
+    tp = strip_optional(tp)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
         hints = typing.get_type_hints(tp)
@@ -88,14 +89,6 @@ def _check_keys(tp: Any, value: Any, where: str) -> None:
     elif origin is dict and isinstance(value, Mapping) and len(args) == 2:
         for key, item in value.items():
             _check_keys(args[1], item, f"{where}.{key}")
-
-
-def _strip_optional(tp: Any) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
 
 
 def _unknown_keys_message(unknown: list[str], names: list[str], where: str) -> str:

@@ -30,35 +30,36 @@ import torch
 from torch import nn
 
 from data.stream_state import STREAM_KEY
-from models.checkpoints.inflation import is_temporal_key
+from models.checkpoints.inflation import is_temporal_unet_key
 from models.latent_diffusion import UNET_PREFIX
-from train.config import TRAINABLE_LAYERS
+from train.config import TRAINABLE_LAYERS, EMASchema, OptimConfig, StageConfig, TrainConfig, TrainerConfig
 from train.ema import EMA
-from train.objective import Objective
+from train.objectives.base import Objective
 from train.run_folder import EVAL_METRICS_FILE, trim_jsonl
 
 log = logging.getLogger(__name__)
 
 
+# The defaults are the schema's (train/config.py): stage.optim, stage.ema, stage.trainable*, trainer.*, seed.
 @dataclass(frozen=True)
 class OptimSettings:
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    eps: float = 1e-8
-    warmup_steps: int = 0
+    lr: float = OptimConfig.lr
+    betas: tuple[float, float] = tuple(OptimConfig().betas)  # type: ignore[assignment]
+    weight_decay: float = OptimConfig.weight_decay
+    eps: float = OptimConfig.eps
+    warmup_steps: int = OptimConfig.warmup_steps
 
 
 @dataclass(frozen=True)
 class LoopSettings:
-    seed: int = 0
-    gradient_clip_val: float | None = 1.0
+    seed: int = TrainConfig.seed
+    gradient_clip_val: float | None = TrainerConfig.gradient_clip_val
     clip_in_strategy: bool = False  # DeepSpeed clips inside its engine (its config carries the value)
-    max_consecutive_nonfinite: int = 5
-    ema_decay: float | None = 0.9999  # None disables the EMA
-    ema_warmup: bool = True
-    trainable: tuple[str, ...] = ("*",)
-    trainable_layers: str = "all"  # "temporal": only the video UNet's temporal layers (see select_trainable)
+    max_consecutive_nonfinite: int = TrainerConfig.max_consecutive_nonfinite
+    ema_decay: float | None = EMASchema.decay  # None disables the EMA
+    ema_warmup: bool = EMASchema.warmup
+    trainable: tuple[str, ...] = tuple(StageConfig().trainable)
+    trainable_layers: str = StageConfig.trainable_layers  # "temporal": only the video UNet's temporal layers
     nonfinite_loss_at: tuple[int, ...] = ()  # fault injection (debug.nonfinite_loss_at)
     nonfinite_grad_at: tuple[int, ...] = ()  # fault injection (debug.nonfinite_grad_at)
     metrics_file: str | None = None  # per-step jsonl, flushed every step (rank 0)
@@ -73,13 +74,13 @@ def in_trainable_layers(name: str, layers: str) -> bool:
 
     ``temporal`` is the set of layers the video UNet adds over the SD 2.1 image UNet (``time_stack``,
     ``time_mixer``, ``time_pos_embed``; 656M parameters at full size), the same keys that inflation creates at
-    Stage I -> II (``is_temporal_key``). The temporal decoder of the VAE is not part of it.
+    Stage I -> II (``is_temporal_unet_key``). The temporal decoder of the VAE is not part of it.
     """
     if layers not in TRAINABLE_LAYERS:
         raise ValueError(f"stage.trainable_layers={layers!r} is not valid; choose one of {', '.join(TRAINABLE_LAYERS)}")
     if layers == "all":
         return True
-    return name.startswith(UNET_PREFIX) and is_temporal_key(name[len(UNET_PREFIX) :])
+    return name.startswith(UNET_PREFIX) and is_temporal_unet_key(name[len(UNET_PREFIX) :])
 
 
 def select_trainable(module: nn.Module, patterns: Sequence[str], *, layers: str = "all") -> list[str]:

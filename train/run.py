@@ -14,13 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from train.builders import build_objective, dataset_config
-from train.checkpointing import AtomicCheckpointIO, DiskFullError, PeriodicCheckpoint, RunFolderError
+from train.checkpointing import DiskFullError, PeriodicCheckpoint, RunFolderError
 from train.config import validate
 from train.datamodule import StreamDataModule
 from train.export import check_export_run_id, export_dir, resolve_weights_file, stage_dir, write_export
 from train.module import LoopSettings, OptimSettings, StageModule
 from train.preemption import PreemptionCheckpoint
 from train.run_folder import METRICS_FILE, USER_ERROR_EXIT, prepare_stage_folder
+from train.strategy_registry import build_strategy, get_strategy, strategy_clips_gradients
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def init_source(cfg: Any, *, from_stage: str | None, path: str | None, what: str
         check_export_run_id(folder)
         return weights
     if path:
-        from train.interop_diffusers import is_diffusers_folder
+        from models.checkpoints.diffusers_folder import is_diffusers_folder
 
         if is_diffusers_folder(path):  # init_weights reads and converts the whole pipeline folder
             return Path(path)
@@ -112,38 +113,24 @@ def build_callbacks(cfg: Any, folder: Path) -> list[pl.Callback]:
     )
     callbacks: list[pl.Callback] = [checkpoints, PreemptionCheckpoint(checkpoints)]
     s = cfg.logger.samples
-    if s.every_n_steps > 0 and cfg.strategy.name == "deepspeed_zero3":
-        log.warning("logger.samples is ignored under deepspeed_zero3 (rank 0 alone holds no full weights)")
+    sharded = get_strategy(cfg.strategy.name).shards_weights
+    if s.every_n_steps > 0 and sharded:
+        log.warning("logger.samples is ignored under %s (rank 0 alone holds no full weights)", cfg.strategy.name)
     elif s.every_n_steps > 0 and cfg.stage.objective == "diffusion":
         from train.callbacks.sample_videos import SampleVideos
 
-        callbacks.append(
-            SampleVideos(
-                every_n_steps=s.every_n_steps,
-                prompts=list(s.prompts),
-                images=list(s.images),
-                num_steps=s.num_steps,
-                min_cfg=s.min_cfg,
-                max_cfg=s.max_cfg,
-                fps_id=s.fps_id,
-                motion_bucket_id=s.motion_bucket_id,
-                seed=s.seed,
-                fps=s.fps,
-            )
-        )
+        callbacks.append(SampleVideos.from_config(s))
     e = cfg.logger.evaluation
-    if e.every_n_steps > 0 and cfg.strategy.name == "deepspeed_zero3":
-        log.warning("logger.evaluation is ignored under deepspeed_zero3 (rank 0 alone holds no full weights)")
+    if e.every_n_steps > 0 and sharded:
+        log.warning("logger.evaluation is ignored under %s (rank 0 alone holds no full weights)", cfg.strategy.name)
     elif e.every_n_steps > 0 and cfg.stage.objective == "diffusion":
         from train.callbacks.evaluate_videos import EvaluateVideos
 
-        callbacks.append(EvaluateVideos(**OmegaConf.to_container(e, resolve=True)))  # keys = constructor arguments
+        callbacks.append(EvaluateVideos.from_config(e))
     return callbacks
 
 
 def build_trainer(cfg: Any, folder: Path) -> pl.Trainer:
-    from train.strategies import build_strategy
-
     t = cfg.trainer
     strategy = build_strategy(
         cfg.strategy.name,
@@ -154,7 +141,8 @@ def build_trainer(cfg: Any, folder: Path) -> pl.Trainer:
         offload_params=cfg.strategy.offload_params,
         timeout_s=cfg.strategy.timeout_s,
     )
-    plugins: list[Any] = [] if cfg.strategy.name.startswith("deepspeed") else [AtomicCheckpointIO()]
+    checkpoint_io = get_strategy(cfg.strategy.name).checkpoint_io
+    plugins: list[Any] = [checkpoint_io()] if checkpoint_io is not None else []
     if SLURMEnvironment.detect():
         # One requeue mechanism (train/preemption.py), not Lightning's hpc_ckpt files beside ours.
         plugins.append(SLURMEnvironment(auto_requeue=False))
@@ -202,8 +190,6 @@ def fit_stage(cfg: DictConfig, folder: Path, resume: Path | None) -> int:
         initialise(cfg, objective)
     else:
         print(f"[resume] {resume}", flush=True)
-    from train.strategies import strategy_clips_gradients
-
     module = StageModule(
         objective,
         optim=OptimSettings(

@@ -3,12 +3,14 @@
 The conditions are built by ``train/conditioning.py``, the same functions training uses. Then:
 
 * EDM discretization (sigma 0.002 .. 700, rho 7) and the deterministic Euler sampler, ``num_steps`` steps;
-* classifier-free guidance: ``VanillaCFG(max_cfg)`` for ``t2i``; for the video tasks ``LinearPredictionGuider``,
+* classifier-free guidance: ``VanillaCFG(max_cfg)`` for image tasks; for the video tasks ``LinearPredictionGuider``,
   a per-frame scale linspace(min_cfg, max_cfg, T) (svd 1.0 -> 2.5, svd_xt 1.5 -> 3.0);
-* the unconditional branch: empty caption (text tasks) or zeroed image conditions (i2v), vector kept;
+* the unconditional branch of the task (``TaskSpec.unconditional_inputs``): empty caption (text tasks) or zeroed
+  image conditions (i2v), vector kept;
 * decoding ``decode_chunk`` frames at a time, each chunk as its own clip, as sgm's ``decoding_t`` does.
 
-All noise comes from one CPU ``torch.Generator`` seeded with ``seed``, so a seed gives the same video on any device.
+The settings (steps, guidance, micro-conditioning, seed) are one ``train.config.GenerationSettings``. All noise comes
+from one CPU ``torch.Generator`` seeded with its ``seed``, so a seed gives the same video on any device.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from torch import nn
 from models.conditioners import resize_bicubic
 from models.diffusion import EDMDiscretization, EulerEDMSampler, Guider, LinearPredictionGuider, VanillaCFG
 from models.latent_diffusion import LatentDiffusion
-from train.conditioning import Task, check_task, conditioner_inputs, latent_hw, per_frame, unconditional_inputs
+from train.conditioning import conditioner_inputs, latent_hw, per_frame, unconditional_inputs
+from train.config import GenerationSettings
+from train.tasks import TaskSpec, get_task
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,8 @@ def to_uint8_frames(frames: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous().cpu()
 
 
-def make_guider(task: Task, *, num_frames: int, min_cfg: float, max_cfg: float) -> Guider:
-    if task == "t2i":
+def make_guider(task: TaskSpec, *, num_frames: int, min_cfg: float, max_cfg: float) -> Guider:
+    if not task.video:
         return VanillaCFG(max_cfg)
     return LinearPredictionGuider(max_cfg, num_frames=num_frames, min_scale=min_cfg)
 
@@ -100,15 +104,15 @@ def decode_in_chunks(first_stage: nn.Module, z: torch.Tensor, *, chunk: int) -> 
     return torch.cat(out)
 
 
-def _check_inputs(task: Task, prompt: str | None, image: torch.Tensor | None, num_frames: int) -> int:
-    if task in ("t2i", "t2v") and prompt is None:
-        raise ValueError(f"task {task!r} samples from text; pass prompt='...'")
-    if task == "i2v" and image is None:
-        raise ValueError("task 'i2v' animates an image; pass image=<(3, H, W) tensor>")
+def _check_inputs(task: TaskSpec, prompt: str | None, image: torch.Tensor | None, num_frames: int) -> int:
+    if not task.image_conditioned and prompt is None:
+        raise ValueError(f"task {task.name!r} samples from text; pass prompt='...'")
+    if task.image_conditioned and image is None:
+        raise ValueError(f"task {task.name!r} animates an image; pass image=<(3, H, W) tensor>")
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}; use at least 1 (SVD 14, SVD-XT 25)")
-    if task == "t2i" and num_frames != 1:
-        warnings.warn(f"task 't2i' samples one frame; num_frames={num_frames} is ignored", stacklevel=3)
+    if not task.video and num_frames != 1:
+        warnings.warn(f"task {task.name!r} samples one frame; num_frames={num_frames} is ignored", stacklevel=3)
         return 1
     return num_frames
 
@@ -117,51 +121,46 @@ def sample_video(
     model: LatentDiffusion,
     denoiser: nn.Module,
     *,
-    task: Task,
+    task: str,
     prompt: str | None = None,
     image: torch.Tensor | None = None,
     num_frames: int,
     height: int,
     width: int,
-    fps_id: int = 6,
-    motion_bucket_id: int = 127,
-    cond_aug: float = 0.02,
-    num_steps: int = 25,
-    min_cfg: float = 1.0,
-    max_cfg: float = 2.5,
-    seed: int = 0,
+    settings: GenerationSettings | None = None,
     device: str | torch.device = "cpu",
-    decode_chunk: int = 14,
     progress: bool = False,
 ) -> torch.Tensor:
-    """One sample as uint8 (T, H, W, 3) on CPU (T = 1 for ``t2i``); the model is expected on ``device``.
+    """One sample as uint8 (T, H, W, 3) on CPU (T = 1 for an image task); the model is expected on ``device``.
 
-    ``prompt`` for ``t2i`` / ``t2v``; ``image`` ((3, H, W), uint8 or float in [-1, 1]) for ``i2v``, resized and
-    centre-cropped to (height, width). The model runs in eval mode without gradients; its modes are restored.
+    ``prompt`` for a text task (t2i, t2v); ``image`` ((3, H, W), uint8 or float in [-1, 1]) for an image-conditioned
+    one (i2v), resized and centre-cropped to (height, width). ``settings`` default to ``GenerationSettings()``. The
+    model runs in eval mode without gradients; its modes are restored.
     """
-    task = check_task(task)
-    num_frames = _check_inputs(task, prompt, image, num_frames)
+    spec = get_task(task)
+    s = settings if settings is not None else GenerationSettings()
+    num_frames = _check_inputs(spec, prompt, image, num_frames)
     latent_hw(height, width, grid_factor(model))
     vae_down = model.first_stage.spec.downsample_factor
     device = torch.device(device)
     dtype = next(model.unet.parameters()).dtype
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(s.seed)
 
     cond_image = None
-    if task == "i2v":
+    if spec.image_conditioned:
         assert image is not None
         cond_dtype = next(model.conditioner.parameters()).dtype
         cond_image = prepare_image(image, height=height, width=width)[None].to(device, cond_dtype)  # (1, 3, H, W)
     inputs = conditioner_inputs(
-        task,
+        spec.name,
         captions=[prompt] if prompt is not None else [],
-        fps_id=torch.tensor([fps_id], device=device),
-        motion_bucket_id=torch.tensor([motion_bucket_id], device=device),
+        fps_id=torch.tensor([s.fps_id], device=device),
+        motion_bucket_id=torch.tensor([s.motion_bucket_id], device=device),
         cond_image=cond_image,
-        cond_aug=torch.tensor([cond_aug], device=device),
+        cond_aug=torch.tensor([s.cond_aug], device=device),
         generator=generator,
     )
-    uc_inputs, zero_keys = unconditional_inputs(task, inputs)
+    uc_inputs, zero_keys = unconditional_inputs(spec.name, inputs)
 
     is_video = model.unet.spec.is_video
 
@@ -177,10 +176,10 @@ def sample_video(
         c, uc = ({k: v.to(dtype) for k, v in per_frame(d, num_frames).items()} for d in (c, uc))
         sampler = EulerEDMSampler(
             EDMDiscretization(),
-            guider=make_guider(task, num_frames=num_frames, min_cfg=min_cfg, max_cfg=max_cfg),
-            num_steps=num_steps,
+            guider=make_guider(spec, num_frames=num_frames, min_cfg=s.min_cfg, max_cfg=s.max_cfg),
+            num_steps=s.num_steps,
         )
         shape = (num_frames, model.unet.spec.out_channels, height // vae_down, width // vae_down)
         z = sampler(denoise, c, uc, shape=shape, generator=generator, device=device, dtype=dtype, progress=progress)
-        frames = decode_in_chunks(model.first_stage, z, chunk=decode_chunk)
+        frames = decode_in_chunks(model.first_stage, z, chunk=s.decode_chunk)
     return to_uint8_frames(frames)

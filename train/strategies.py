@@ -1,15 +1,9 @@
-"""Lightning strategies for the one training loop (manual optimization, bf16 mixed precision on GPU).
-
-| name | strategy | who clips gradients |
-|---|---|---|
-| ``auto`` | Lightning's choice (single device) | the LightningModule (``self.clip_gradients``) |
-| ``ddp`` | ``DDPStrategy``: gloo on CPU, nccl on CUDA | the LightningModule |
-| ``deepspeed_zero2`` | ``AtomicDeepSpeedStrategy``, ZeRO stage 2 | DeepSpeed (``gradient_clipping`` in its config) |
-| ``deepspeed_zero3`` | ``AtomicDeepSpeedStrategy``, ZeRO stage 3 | DeepSpeed |
+"""The builders of the built-in strategies (registered in ``train/strategy_registry.py``), DeepSpeed's config, and
+DeepSpeed checkpoint I/O.
 
 Lightning's DeepSpeed precision plugin turns ``LightningModule.clip_gradients`` into a no-op, and a manual-optimization
 ``Trainer`` refuses ``gradient_clip_val``; so clipping goes into the DeepSpeed config, and the training step asks
-``strategy_clips_gradients(name)`` whether to call ``self.clip_gradients`` itself.
+``strategy_clips_gradients(name)`` (the spec's ``clips_gradients``) whether to call ``self.clip_gradients`` itself.
 
 DeepSpeed is an optional extra (``pip install '.[deepspeed]'``); it is imported only when a DeepSpeed strategy is built
 or a DeepSpeed checkpoint is consolidated. A DeepSpeed checkpoint is a folder (``<name>.ckpt/latest`` plus
@@ -25,17 +19,13 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
-from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
 
 from train.checkpointing import OLD_MARK, TMP_MARK, remove_path, replace_path
 
-StrategyName = Literal["auto", "ddp", "deepspeed_zero2", "deepspeed_zero3"]
-STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
-DEEPSPEED_STAGES: dict[str, int] = {"deepspeed_zero2": 2, "deepspeed_zero3": 3}
 DEEPSPEED_PRECISIONS: tuple[str, ...] = ("bf16-mixed", "bf16-true", "16-mixed", "32-true")
 CUDA_ACCELERATORS: tuple[str, ...] = ("gpu", "cuda")
 _INSTALL_HINT = "install it with pip install '.[deepspeed]' (or pip install deepspeed)"
@@ -48,17 +38,6 @@ def _import_deepspeed(purpose: str, module: str = "deepspeed") -> ModuleType:
         return importlib.import_module(module)
     except ImportError as err:
         raise ImportError(f"{purpose} needs deepspeed, which is not installed; {_INSTALL_HINT}") from err
-
-
-def _check_name(name: str) -> None:
-    if name not in STRATEGY_NAMES:
-        raise ValueError(f"Unknown strategy {name!r}; choose one of {list(STRATEGY_NAMES)}")
-
-
-def strategy_clips_gradients(name: str) -> bool:
-    """True when the strategy clips gradients itself, so the training step must not call ``self.clip_gradients``."""
-    _check_name(name)
-    return name in DEEPSPEED_STAGES
 
 
 def _uses_cuda(accelerator: str) -> bool:
@@ -142,59 +121,43 @@ def deepspeed_config(
     return config
 
 
-def build_strategy(
-    name: str,
+def build_ddp(*, accelerator: str, timeout_s: int) -> DDPStrategy:
+    """``ddp``: gloo on CPU, nccl on CUDA; ``timeout_s`` bounds every collective."""
+    backend = "nccl" if _uses_cuda(accelerator) else "gloo"
+    return DDPStrategy(
+        process_group_backend=backend, find_unused_parameters=False, timeout=timedelta(seconds=timeout_s)
+    )
+
+
+def build_deepspeed(
+    stage: int,
     *,
     accelerator: str,
-    gradient_clip_val: float | None,
     precision: str,
-    offload_optimizer: bool = False,
-    offload_params: bool = False,
-    zero_reduce_bucket_size: int = 500_000_000,
-    zero_allgather_bucket_size: int = 500_000_000,
-    zero3_prefetch_bucket_size: int = 50_000_000,
-    zero3_param_persistence_threshold: int = 100_000,
-    micro_batch_size: int | None = None,
-    timeout_s: int = 1800,
-) -> Strategy | str:
-    """The ``Trainer(strategy=...)`` argument for ``name`` (one of ``STRATEGY_NAMES``).
-
-    ``gradient_clip_val`` is used only by DeepSpeed strategies (see ``strategy_clips_gradients``); the other
-    strategies leave clipping to the LightningModule. ``timeout_s`` bounds every collective (a hung rank fails).
-    """
-    _check_name(name)
-    if timeout_s <= 0:
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
-    if name not in DEEPSPEED_STAGES and (offload_optimizer or offload_params or micro_batch_size is not None):
-        rank_zero_warn(
-            f"offload_optimizer, offload_params and micro_batch_size only apply to DeepSpeed; ignored for {name!r}"
-        )
-    if name == "auto":
-        return "auto"
-    timeout = timedelta(seconds=timeout_s)
-    if name == "ddp":
-        backend = "nccl" if _uses_cuda(accelerator) else "gloo"
-        return DDPStrategy(process_group_backend=backend, find_unused_parameters=False, timeout=timeout)
-
+    gradient_clip_val: float | None,
+    timeout_s: int,
+    offload_optimizer: bool,
+    offload_params: bool,
+    **config_options: Any,
+) -> AtomicDeepSpeedStrategy:
+    """``deepspeed_zero2`` / ``deepspeed_zero3``: ``AtomicDeepSpeedStrategy`` with ``deepspeed_config(stage, ...)``
+    (``config_options``: its bucket sizes and ``micro_batch_size``). DeepSpeed clips the gradients
+    (``gradient_clipping`` from ``gradient_clip_val``)."""
     if not _uses_cuda(accelerator):
         raise ValueError(
             f"DeepSpeed needs CUDA but accelerator is {accelerator!r}; use strategy ddp on CPU, "
             f"or accelerator gpu on a CUDA machine"
         )
     config = deepspeed_config(
-        DEEPSPEED_STAGES[name],
+        stage,
         precision=precision,
         gradient_clip_val=gradient_clip_val,
         offload_optimizer=offload_optimizer,
         offload_params=offload_params,
-        reduce_bucket_size=zero_reduce_bucket_size,
-        allgather_bucket_size=zero_allgather_bucket_size,
-        stage3_prefetch_bucket_size=zero3_prefetch_bucket_size,
-        stage3_param_persistence_threshold=zero3_param_persistence_threshold,
-        micro_batch_size=micro_batch_size,
+        **config_options,
     )
-    _import_deepspeed(f"strategy {name!r}")
-    return AtomicDeepSpeedStrategy(config=config, timeout=timeout)
+    _import_deepspeed(f"strategy 'deepspeed_zero{stage}'")
+    return AtomicDeepSpeedStrategy(config=config, timeout=timedelta(seconds=timeout_s))
 
 
 def tmp_checkpoint_path(filepath: str | os.PathLike[str], token: str) -> Path:

@@ -1,9 +1,10 @@
-"""One raw video -> annotated clips: probe, one decode pass (cut cascade + motion), keyframe-aware clipping, then
-text area, CLIP scores and captions on each clip's first/middle/last frames.
+"""One raw video -> annotated clips: probe, one decode pass (the cut cascade and every annotator's scan tap),
+keyframe-aware clipping, then each registered annotator (``annotators.py``: motion, text area, captions, CLIP scores)
+on each clip, from the clip's first/middle/last frames or its video's taps.
 
-``Annotators`` holds the built models (text detector, CLIP scorer, captioner); build it once per process. Every
-failure is an input problem (``CurationSkip``) or an annotator problem (``annotator_error``): counted, logged in
-one line naming the video, never raised to the run.
+``Annotators`` holds the built annotators (with their models); build it once per process. Every failure is an input
+problem (``CurationSkip``) or an annotator problem (``annotator_error``): counted, logged in one line naming the
+video, never raised to the run.
 """
 
 from __future__ import annotations
@@ -20,18 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from data.curation.captioner import Captioner, build_captioner
-from data.curation.clip_scores import ClipScorer
+from data.curation.annotators import Annotator, ClipContext, registered
 from data.curation.clipping import ClipSpan, ClipWriteResult, copy_points, copy_points_of, plan_clips, write_clip
 from data.curation.config import AnnotateConfig
 from data.curation.cuts import CutCascade
 from data.curation.errors import CurationSkip
 from data.curation.inputs import RawVideo
 from data.curation.keyframes import first_middle_last, read_frames
-from data.curation.motion import MotionTap
 from data.curation.probe import notes_for, probe_video
 from data.curation.scan import scan_video
-from data.curation.text_area import TextAreaDetector, clip_text_area
 
 log = logging.getLogger(__name__)
 THUMB_SHORT_SIDE = 96
@@ -39,21 +37,14 @@ THUMB_SHORT_SIDE = 96
 
 @dataclass
 class Annotators:
-    """The models an annotation process needs, built once from the config (None = that annotation is off)."""
+    """The annotators a process runs, built once from the config: the enabled registered ones, in registry order."""
 
     cfg: AnnotateConfig
-    text: TextAreaDetector | None = None
-    clip: ClipScorer | None = None
-    captioner: Captioner | None = None
+    items: list[Annotator] = field(default_factory=list)
 
     @classmethod
     def build(cls, cfg: AnnotateConfig) -> Annotators:
-        return cls(
-            cfg,
-            text=TextAreaDetector(cfg.text) if cfg.text_area else None,
-            clip=ClipScorer(cfg.clip) if cfg.clip_scores else None,
-            captioner=build_captioner(cfg.captioner, **dict(cfg.captioner_options)),
-        )
+        return cls(cfg, [annotator(cfg) for annotator in registered() if annotator.enabled(cfg)])
 
 
 @dataclass
@@ -86,10 +77,6 @@ def thumbnail(frame: np.ndarray, short_side: int = THUMB_SHORT_SIDE) -> np.ndarr
     return cv2.resize(np.ascontiguousarray(frame), size, interpolation=cv2.INTER_AREA)
 
 
-def _round(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None else round(float(value), digits)
-
-
 def _clip_record(
     raw: RawVideo, key: str, index: int, span: ClipSpan, written: ClipWriteResult, method_note: list[str]
 ) -> dict[str, Any]:
@@ -113,28 +100,19 @@ def _clip_record(
 
 
 def _annotate_clip(
-    annotators: Annotators, record: dict[str, Any], clip_path: str, raw: RawVideo, motion: MotionTap
+    annotators: Annotators, record: dict[str, Any], clip_path: str, raw: RawVideo, taps: dict[str, Any]
 ) -> np.ndarray:
-    """Fill the clip's scores into ``record``; returns the middle frame's thumbnail."""
+    """Fill the clip's annotations into ``record``; returns the middle frame's thumbnail."""
     frames = read_frames(clip_path, list(first_middle_last(record["num_frames"])))
-    record["motion_score"] = _round(motion.clip_score(record["start_s"], record["end_s"]))
-    if annotators.text is not None:
-        fractions = annotators.text(frames)
-        record["text_area"] = _round(clip_text_area(fractions))
-        record["text_area_frames"] = [_round(f) for f in fractions]
-    captions: dict[str, str] = {}
+    clip = ClipContext(raw, record, frames, taps=taps)
     if raw.caption:
         record["caption"] = raw.caption
-        captions["source"] = raw.caption
-    if annotators.captioner is not None:
-        captions[annotators.captioner.name] = annotators.captioner(frames[1])
-    record["captions"] = captions
-    if annotators.clip is not None:
-        scores = annotators.clip.score_clip(frames, list(captions.values()))
-        record["aesthetic"] = _round(scores.get("aesthetic"))
-        record["clip_similarity"] = _round(scores.get("clip_similarity"))
-    if "caption" not in record and captions:
-        record["caption"] = next(iter(captions.values()))
+        clip.captions["source"] = raw.caption
+    record["captions"] = clip.captions
+    for annotator in annotators.items:
+        annotator.annotate(clip)
+    if "caption" not in record and clip.captions:
+        record["caption"] = next(iter(clip.captions.values()))
     return thumbnail(frames[1])
 
 
@@ -167,8 +145,8 @@ def curate_video(raw: RawVideo, annotators: Annotators) -> VideoOutcome:
             notes = list(notes_for(info))
             out.notes.update(notes)
             cascade = CutCascade(cfg.cuts)
-            motion = MotionTap(cfg.motion)
-            stats = scan_video(path, info, [*cascade.taps, motion], threads=cfg.decode_threads)
+            taps = {a.name: a.tap() for a in annotators.items if a.needs == "scan"}
+            stats = scan_video(path, info, [*cascade.taps, *taps.values()], threads=cfg.decode_threads)
             if stats.frames_decoded < 2:
                 reason = "undecodable" if stats.frames_decoded == 0 else "single_frame"
                 raise CurationSkip(reason, stats.error or f"{stats.frames_decoded} frame(s) decoded")
@@ -198,7 +176,7 @@ def curate_video(raw: RawVideo, annotators: Annotators) -> VideoOutcome:
                 if written.method == "reencode":
                     out.notes["reencoded"] += 1
                 record = _clip_record(raw, key, i, span, written, notes)
-                thumb = _annotate_clip(annotators, record, clip_path, raw, motion)
+                thumb = _annotate_clip(annotators, record, clip_path, raw, taps)
                 record["source_meta"] = raw.source_meta
                 out.clips.append(Clip(key, Path(clip_path).read_bytes(), record, thumb))
             except CurationSkip as e:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from data.curation.clip_scores import Precision, build_open_clip_model, frame_transform
+from data.curation.annotators import Annotator, ClipContext, Option
+from models.conditioners.open_clip_factory import Precision, build_open_clip, eval_transform
 
 SOT_TOKEN, EOT_TOKEN = 49406, 49407  # open_clip's <start_of_text> / <end_of_text>
 
@@ -98,16 +100,16 @@ class CocaCaptioner:
         arch = open_clip.get_model_config(cfg.model) if cfg.model != "tiny" else None
         if arch is not None and "multimodal_cfg" not in arch:
             raise ValueError(f"{cfg.model!r} is not a CoCa model; use e.g. 'coca_ViT-L-14' or 'tiny'")
-        self.model = build_open_clip_model(
-            cfg.model, pretrained=cfg.pretrained, seed=cfg.seed, device=cfg.device, precision=cfg.precision,
-            tiny=(CoCa, TINY_COCA_CONFIG),
-        )  # fmt: skip
+        self.model = build_open_clip(
+            TINY_COCA_CONFIG if cfg.model == "tiny" else cfg.model, pretrained=cfg.pretrained, drop_tower=None,
+            seed=cfg.seed, precision=cfg.precision, model_class=CoCa,
+        ).to(cfg.device)  # fmt: skip
         if not isinstance(self.model, CoCa):
             raise ValueError(f"{cfg.model!r} is not a CoCa model; use e.g. 'coca_ViT-L-14' or 'tiny'")
         context = int(self.model.text.context_length)
         if cfg.max_tokens + 1 > context:  # the prefix fed back holds <start_of_text> + the tokens so far
             raise ValueError(f"max_tokens must be <= {context - 1} for {cfg.model}; got {cfg.max_tokens}")
-        self.transform = frame_transform(self.model)
+        self.transform = eval_transform(self.model)
         self.tokenizer = open_clip.SimpleTokenizer()
         self.dtype = next(self.model.parameters()).dtype
 
@@ -168,3 +170,25 @@ def build_captioner(name: str, **kwargs: Any) -> Captioner | None:
     if name == "coca":
         return CocaCaptioner(**kwargs)
     raise ValueError(f'captioner must be "coca" or "none"; got {name!r}')
+
+
+class CaptionerAnnotator(Annotator):
+    """A generated caption of the clip's middle frame in ``captions[<captioner name>]`` (``annotate.captioner``:
+    "coca" or "none"; ``annotate.captioner_options``: ``CocaConfig`` fields). The source's caption is kept apart."""
+
+    name = "captioner"
+    options = (Option("captioner", str, "coca"), Option("captioner_options", Mapping[str, Any], factory=dict))
+    cheap = False
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        captioner = build_captioner(cfg.captioner, **dict(cfg.captioner_options))
+        assert captioner is not None  # enabled() is False for "none"
+        self.captioner = captioner
+
+    @classmethod
+    def enabled(cls, cfg: Any) -> bool:
+        return cfg.captioner != "none"
+
+    def annotate(self, clip: ClipContext) -> None:
+        clip.captions[self.captioner.name] = self.captioner(clip.frames[1])

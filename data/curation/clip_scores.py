@@ -20,96 +20,25 @@ and the text-image similarity to the captions.
 
 ``model="tiny"`` builds a tiny random ViT CLIP (seeded by ``seed``) for tests and offline runs; ``pretrained=None``
 gives seeded random weights for any architecture; a hub tag (``"openai"``) or a local file path loads weights
-through open_clip, which downloads only when a user names a hub tag. ``data/`` does not import ``models/``, so the
-builder here (shared with ``captioner.py``) calls open_clip directly.
+through open_clip, which downloads only when a user names a hub tag. The model is built by
+``models.conditioners.open_clip_factory.build_open_clip`` (seeded) and embeds through ``models.clip_scorer.ClipScorer``
+(``embed_images``: open_clip's PIL eval transform), the builder and scorer the conditioners and the evaluation use.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-Precision = Literal["fp32", "fp16", "bf16"]
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-# A tiny ViT CLIP for CPU tests (seeded random weights); the text tower keeps the real tokenizer's vocab and context.
-TINY_CLIP_CONFIG: dict[str, Any] = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
-
-
-def build_open_clip_model(
-    name: str,
-    *,
-    pretrained: str | None,
-    seed: int = 0,
-    device: str = "cpu",
-    precision: Precision = "fp32",
-    tiny: tuple[Callable[..., nn.Module], Mapping[str, Any]] | None = None,
-) -> nn.Module:
-    """An open_clip model in eval mode without gradients. ``name="tiny"`` builds ``tiny = (cls, config)``; other
-    names go to ``open_clip.create_model``. Random initialisation is seeded without touching the global RNG."""
-    import open_clip
-
-    if precision not in _DTYPES:
-        raise ValueError(f"precision must be one of {sorted(_DTYPES)}; got {precision!r}")
-    if pretrained is not None and pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        if not os.path.isfile(pretrained):
-            raise ValueError(f"pretrained weights file {pretrained!r} does not exist")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if name == "tiny":
-            if tiny is None:
-                raise ValueError('model="tiny" is not available here; pass an open_clip model name')
-            cls, cfg = tiny
-            model = cls(**copy.deepcopy(dict(cfg)))
-            if pretrained is not None:
-                if not os.path.isfile(pretrained):
-                    raise ValueError(f'model="tiny" needs pretrained=None or a local weights file; got {pretrained!r}')
-                open_clip.load_checkpoint(model, pretrained)
-            model = model.to(_DTYPES[precision])
-        else:
-            if ":" not in name and open_clip.get_model_config(name) is None:
-                raise ValueError(
-                    f"open_clip has no model named {name!r}; use one of open_clip.list_models() (e.g. 'ViT-L-14', "
-                    "'coca_ViT-L-14') or 'tiny'"
-                )
-            model = open_clip.create_model(name, pretrained=pretrained, precision=precision, device="cpu")
-        decoder = getattr(model, "text_decoder", None)
-        if pretrained is None and decoder is not None:
-            # open_clip never runs CoCa's MultimodalTransformer.init_parameters, so its text_projection is left as
-            # torch.empty memory; give it the init that method intends, so random-weight captioners are seeded.
-            width = decoder.text_projection.shape[0]
-            with torch.no_grad():
-                decoder.text_projection.normal_(std=width**-0.5)
-    return model.to(device).eval().requires_grad_(False)
-
-
-def frame_transform(model: nn.Module) -> Callable[[np.ndarray], torch.Tensor]:
-    """(H, W, 3) uint8 RGB -> (3, S, S) float tensor through the model's open_clip eval transform."""
-    import open_clip
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-    from PIL import Image
-
-    cfg = {k: v for k, v in open_clip.get_model_preprocess_cfg(model).items() if v is not None}
-    transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
-
-    def apply(frame: np.ndarray) -> torch.Tensor:
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"frames must be (H, W, 3) uint8 RGB; got {frame.shape} {frame.dtype}")
-        return transform(Image.fromarray(np.ascontiguousarray(frame)))
-
-    return apply
+from data.curation.annotators import Annotator, ClipContext, Option, round_score
+from models.clip_scorer import ClipScorer
+from models.conditioners.open_clip_factory import Precision, build_open_clip, tiny_open_clip_config
 
 
 class AestheticHead(nn.Module):
@@ -196,50 +125,59 @@ class ClipScoreConfig:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
 
 
-class ClipScorer:
-    """Builds the CLIP model (and aesthetic head) once; scores clips from a few frames and their captions."""
+def build_clip_scorer(cfg: ClipScoreConfig) -> ClipScorer:
+    """The CLIP scorer of ``cfg``: a seeded open_clip model (``model="tiny"``: ``tiny_open_clip_config()``), the
+    model's own tokenizer, ``batch_size`` frames and texts per forward."""
+    import open_clip
 
-    def __init__(self, cfg: ClipScoreConfig | None = None) -> None:
-        import open_clip
-        from open_clip.model import CLIP
+    arch = tiny_open_clip_config() if cfg.model == "tiny" else cfg.model
+    model = build_open_clip(arch, pretrained=cfg.pretrained, drop_tower=None, seed=cfg.seed, precision=cfg.precision)
+    tokenizer = open_clip.SimpleTokenizer() if cfg.model == "tiny" else open_clip.get_tokenizer(cfg.model)
+    return ClipScorer(
+        model.to(cfg.device), device=cfg.device, batch_size=cfg.batch_size, tokenizer=tokenizer,
+        text_batch_size=cfg.batch_size,
+    )  # fmt: skip
 
-        self.cfg = cfg = cfg or ClipScoreConfig()
-        self.model = build_open_clip_model(
-            cfg.model, pretrained=cfg.pretrained, seed=cfg.seed, device=cfg.device, precision=cfg.precision,
-            tiny=(CLIP, TINY_CLIP_CONFIG),
-        )  # fmt: skip
-        self.tokenizer = open_clip.SimpleTokenizer() if cfg.model == "tiny" else open_clip.get_tokenizer(cfg.model)
-        self.transform = frame_transform(self.model)
-        self.dtype = next(self.model.parameters()).dtype
+
+class ClipScoreAnnotator(Annotator):
+    """``aesthetic`` and ``clip_similarity`` of the clip's first/middle/last frames and its captions so far:
+    ``annotate.clip_scores`` turns them on, ``annotate.clip`` configures the model."""
+
+    name = "clip_scores"
+    options = (
+        Option("clip_scores", bool, True),  # CLIP aesthetics and caption similarity
+        Option("clip", ClipScoreConfig, factory=ClipScoreConfig),
+    )
+    fields = ("aesthetic", "clip_similarity")
+    cheap = False
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.clip_cfg = clip = cfg.clip
+        self.scorer = build_clip_scorer(clip)
         self.head: AestheticHead | None = None
-        if cfg.aesthetic_head is not None:
-            head = load_aesthetic_head(cfg.aesthetic_head)
-            dim = self.embed_texts(["a"]).shape[-1]
+        if clip.aesthetic_head is not None:
+            head = load_aesthetic_head(clip.aesthetic_head)
+            dim = self.scorer.embed_texts(["a"]).shape[-1]
             if head.dim != dim:
                 raise ValueError(
-                    f"aesthetic head {cfg.aesthetic_head!r} takes {head.dim}-d embeddings but {cfg.model} gives "
+                    f"aesthetic head {clip.aesthetic_head!r} takes {head.dim}-d embeddings but {clip.model} gives "
                     f"{dim}-d; use the head trained on this CLIP (LAION's heads are for ViT-L-14, 768-d)"
                 )
             self.head = head
 
-    @torch.no_grad()
-    def embed_images(self, frames: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-        """(N, D) float32 L2-normalised image embeddings (on CPU) of (H, W, 3) uint8 frames."""
-        out = []
-        for i in range(0, len(frames), self.cfg.batch_size):
-            x = torch.stack([self.transform(f) for f in frames[i : i + self.cfg.batch_size]])
-            emb = self.model.encode_image(x.to(self.cfg.device, self.dtype))
-            out.append(F.normalize(emb.float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, 0)
+    @classmethod
+    def enabled(cls, cfg: Any) -> bool:
+        return bool(cfg.clip_scores)
 
-    @torch.no_grad()
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """(M, D) float32 L2-normalised text embeddings (on CPU)."""
-        out = []
-        for i in range(0, len(texts), self.cfg.batch_size):
-            tokens = self.tokenizer(list(texts[i : i + self.cfg.batch_size])).to(self.cfg.device)
-            out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, 0)
+    @classmethod
+    def missing(cls, cfg: Any, field_name: str) -> str | None:
+        if field_name == "aesthetic" and (not cfg.clip_scores or cfg.clip.aesthetic_head is None):
+            return (
+                "no aesthetic head is configured: set annotate.clip.aesthetic_head=<LAION aesthetic predictor file "
+                "for the CLIP model> or use a filter set without it (e.g. filters@subsets.<name>.filters=motion_text)"
+            )
+        return None if cfg.clip_scores else "annotate.clip_scores is off"
 
     @torch.no_grad()
     def aesthetic(self, embeddings: torch.Tensor) -> torch.Tensor | None:
@@ -250,16 +188,21 @@ class ClipScorer:
         """Scores of one clip from its (first, middle, last) frames and captions (see the module docstring)."""
         if not len(frames):
             raise ValueError("score_clip needs at least one frame")
-        images = self.embed_images(frames)
+        images = self.scorer.embed_images(frames)
         scores = self.aesthetic(images)
         per_caption: list[float] = []
         if captions:
-            sims = self.embed_texts(captions) @ images.T  # (captions, frames) cosines
+            sims = self.scorer.embed_texts(captions) @ images.T  # (captions, frames) cosines
             per_caption = sims.mean(dim=1).tolist()
-        reduce = max if self.cfg.caption_reduce == "max" else (lambda v: sum(v) / len(v))
+        reduce = max if self.clip_cfg.caption_reduce == "max" else (lambda v: sum(v) / len(v))
         return {
             "aesthetic": None if scores is None else float(scores.mean()),
             "aesthetic_frames": None if scores is None else scores.tolist(),
             "clip_similarity": float(reduce(per_caption)) if per_caption else None,
             "caption_similarities": per_caption,
         }
+
+    def annotate(self, clip: ClipContext) -> None:
+        scores = self.score_clip(clip.frames, list(clip.captions.values()))
+        clip.record["aesthetic"] = round_score(scores.get("aesthetic"))
+        clip.record["clip_similarity"] = round_score(scores.get("clip_similarity"))

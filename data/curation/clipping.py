@@ -55,7 +55,7 @@ ClipMode = Literal["auto", "copy", "reencode"]
 
 
 @dataclass(frozen=True)
-class ClipConfig:
+class ClippingConfig:
     """``min_frames(fps)`` is the longer of ``min_seconds`` and what one training clip spans in a video at that
     frame rate: ``train_frames`` frames at ``train_fps`` (the stride ``data.video_decode`` takes, round(fps /
     train_fps)), so no written clip is later skipped as ``too_few_frames``. The defaults cover Stage III (14 frames
@@ -189,7 +189,7 @@ def plan_clips(
     cuts: CutResult,
     info: VideoInfo,
     keyframe_times: Sequence[float],
-    cfg: ClipConfig,
+    cfg: ClippingConfig,
     *,
     frame_times: Sequence[float] | None = None,
     copy_ends: Sequence[int] | None = None,
@@ -274,7 +274,7 @@ def _yuv_planes(frame: av.VideoFrame) -> list[np.ndarray]:
     return [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes]
 
 
-def _write_reencode(src: str, span: ClipSpan, tmp: Path, info: VideoInfo, cfg: ClipConfig) -> tuple[int, int, int]:
+def _write_reencode(src: str, span: ClipSpan, tmp: Path, info: VideoInfo, cfg: ClippingConfig) -> tuple[int, int, int]:
     k = -(info.rotation // 90) % 4
     width, height = info.width // 2 * 2, info.height // 2 * 2  # display size, cropped to even
     coded_w, coded_h = (height, width) if k % 2 else (width, height)
@@ -313,7 +313,7 @@ def write_clip(
     dst_path: str | os.PathLike[str],
     *,
     info: VideoInfo,
-    cfg: ClipConfig,
+    cfg: ClippingConfig,
 ) -> ClipWriteResult:
     """Write ``span`` of ``src_path`` to ``dst_path`` (mp4) by stream copy (``span.copy``) or re-encoding."""
     dst = Path(dst_path)

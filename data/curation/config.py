@@ -1,41 +1,74 @@
 """The curation run's configuration: typed dataclasses built from the Hydra config in ``conf/curate/``.
 
-Each annotator owns its config dataclass (``CutConfig``, ``ClipConfig``, ``MotionConfig``, ...); the yaml
+Each annotator owns its config dataclass (``CutConfig``, ``ClippingConfig``, ``MotionConfig``, ...); the yaml
 mirrors their fields, and ``from_mapping`` builds them, so a misspelt key fails before any video is read with
-the list of valid keys. Defaults live in the dataclasses only.
+the list of valid keys. Defaults live in the dataclasses only. ``AnnotateConfig`` holds the cut detection and
+clipping settings and, from the annotator registry (``annotators.py``), every annotator's own keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from data.curation.clip_scores import ClipScoreConfig
-from data.curation.clipping import ClipConfig
+from data.curation.annotators import option_specs, registered
+from data.curation.clipping import ClippingConfig
 from data.curation.cuts import CutConfig
 from data.curation.filters import FilterConfig, FilterSpec
-from data.curation.motion import MotionConfig
-from data.curation.text_area import TextAreaConfig
+from data.schema_types import strip_optional
 
 T = TypeVar("T")
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "curate"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class AnnotateConfig:
-    cuts: CutConfig = field(default_factory=CutConfig)
-    clipping: ClipConfig = field(default_factory=ClipConfig)
-    motion: MotionConfig = field(default_factory=MotionConfig)
-    text_area: bool = True  # PP-OCR text area on the first/middle/last frames
-    text: TextAreaConfig = field(default_factory=TextAreaConfig)
-    clip_scores: bool = True  # CLIP aesthetics and caption similarity
-    clip: ClipScoreConfig = field(default_factory=ClipScoreConfig)
-    captioner: str = "coca"  # "coca" or "none"; source captions are always kept
-    captioner_options: Mapping[str, Any] = field(default_factory=dict)
-    decode_threads: int = 1  # PyAV decoder threads per process (0 = FFmpeg's choice)
+    """``cuts``, ``clipping``, ``decode_threads`` and, in ``options``, the registered annotators' keys, which read as
+    attributes too (``cfg.motion``, ``cfg.text_area``, ``cfg.clip``, ...): ``AnnotateConfig(text_area=False)``."""
+
+    cuts: CutConfig
+    clipping: ClippingConfig
+    decode_threads: int  # PyAV decoder threads per process (0 = FFmpeg's choice)
+    options: Mapping[str, Any]
+
+    def __init__(
+        self,
+        cuts: CutConfig | None = None,
+        clipping: ClippingConfig | None = None,
+        decode_threads: int = 1,
+        options: Mapping[str, Any] | None = None,
+        **keys: Any,
+    ) -> None:
+        specs = option_specs()
+        given = {**(options or {}), **keys}
+        unknown = sorted(set(given) - set(specs))
+        if unknown:
+            raise TypeError(f"unknown annotate key(s) {unknown}; valid: {sorted(['cuts', 'clipping', *specs])}")
+        object.__setattr__(self, "cuts", CutConfig() if cuts is None else cuts)
+        object.__setattr__(self, "clipping", ClippingConfig() if clipping is None else clipping)
+        object.__setattr__(self, "decode_threads", decode_threads)
+        object.__setattr__(self, "options", {k: given[k] if k in given else o.make_default() for k, o in specs.items()})
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is not None and name in options:
+            return options[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @classmethod
+    def key_types(cls) -> dict[str, Any]:
+        """The type of every ``annotate`` key (its own and the annotators')."""
+        hints = typing.get_type_hints(cls)
+        own = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "options"}
+        return {**own, **{k: o.type for k, o in option_specs().items()}}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every ``annotate`` key and its value (the annotators' keys flattened in)."""
+        return {"cuts": self.cuts, "clipping": self.clipping, **self.options, "decode_threads": self.decode_threads}
 
 
 @dataclass(frozen=True)
@@ -86,32 +119,16 @@ class CurateConfig:
 
     def _unannotated(self, field_name: str) -> str | None:
         """Why a filter field will never be annotated with this config (None when it will be)."""
-        a = self.annotate
-        if field_name == "aesthetic" and (not a.clip_scores or a.clip.aesthetic_head is None):
-            return (
-                "no aesthetic head is configured: set annotate.clip.aesthetic_head=<LAION aesthetic predictor file "
-                "for the CLIP model> or use a filter set without it (e.g. filters@subsets.<name>.filters=motion_text)"
-            )
-        if field_name == "clip_similarity" and not a.clip_scores:
-            return "annotate.clip_scores is off"
-        if field_name in ("text_area",) and not a.text_area:
-            return "annotate.text_area is off"
+        for annotator in registered():
+            if field_name in annotator.fields:
+                return annotator.missing(self.annotate, field_name)
         return None
-
-
-def _strip_optional(tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
     if value is None:
         return None
-    tp = _strip_optional(tp)
+    tp = strip_optional(tp)
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
         return from_mapping(tp, value, where=where)
@@ -128,10 +145,17 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _key_types(cls: type) -> dict[str, Any]:
+    if cls is AnnotateConfig:
+        return AnnotateConfig.key_types()
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
 def from_mapping(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     """Build dataclass ``cls`` from a (nested) mapping; unknown keys raise with the valid ones listed."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = _key_types(cls)
+    names = set(hints)
     unknown = sorted(set(data) - names)
     if unknown:
         prefix = f"{where}." if where else ""
@@ -147,6 +171,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T
 
 
 SCHEMA_NAME = "curate_schema"
+SUBSET_SCHEMA_NAME = "curate_subset_schema"
 
 
 def schema_defaults() -> dict[str, Any]:
@@ -162,6 +187,8 @@ def schema_defaults() -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, AnnotateConfig):
+        return {k: _plain(v) for k, v in value.as_dict().items()}
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
@@ -172,10 +199,13 @@ def _plain(value: Any) -> Any:
 
 
 def register_schema() -> None:
-    """Store ``schema_defaults()`` in Hydra's ConfigStore as ``curate_schema`` (curate.yaml's first default)."""
+    """Store ``schema_defaults()`` in Hydra's ConfigStore as ``curate_schema`` (curate.yaml's first default) and a
+    subset's defaults as ``curate_subset_schema`` (curate.yaml places it at each ``subsets.<name>``, so that
+    ``subsets.<name>.samples_per_shard=8`` overrides without ``+``)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name=SCHEMA_NAME, node=schema_defaults())
+    ConfigStore.instance().store(name=SUBSET_SCHEMA_NAME, node=_plain(SubsetConfig()))
 
 
 def config_from_hydra(dcfg: Any) -> CurateConfig:
@@ -189,12 +219,27 @@ def config_from_hydra(dcfg: Any) -> CurateConfig:
     return from_mapping(CurateConfig, raw)
 
 
+def compose_config(overrides: Sequence[str], *, subsets: bool = True) -> CurateConfig:
+    """The typed config of ``conf/curate/curate.yaml`` with Hydra ``overrides`` (``input=...``, ``out=...`` among
+    them), composed as ``python -m data.curation`` does; ``subsets=False`` drops the subsets (for a caller that runs
+    no merge: their filters may need models that are not configured)."""
+    from hydra import compose, initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        dcfg = compose("curate", overrides=list(overrides))
+    if not subsets:
+        dcfg.subsets = {}
+    return config_from_hydra(dcfg)
+
+
 __all__ = [
     "AnnotateConfig",
     "CurateConfig",
     "FilterConfig",
     "FilterSpec",
     "ReportConfig",
+    "compose_config",
     "config_from_hydra",
     "SubsetConfig",
     "from_mapping",

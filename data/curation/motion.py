@@ -47,6 +47,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from data.curation.annotators import Annotator, ClipContext, Option, round_score
+
 # Two samples closer than this (seconds) count as the same time when choosing frames at ``fps``.
 _TIME_EPS = 1e-3
 
@@ -168,3 +170,20 @@ def motion_score(frames: np.ndarray, times_s: Sequence[float], cfg: MotionConfig
     for i in sample_indices(times_s, cfg.fps):
         tap.push(i, float(times_s[i]), frames[i])
     return tap.clip_score(-math.inf, math.inf)
+
+
+class MotionAnnotator(Annotator):
+    """``motion_score``: the mean of the video's ``MotionTap`` pairs inside the clip (``annotate.motion``)."""
+
+    name = "motion"
+    options = (Option("motion", MotionConfig, factory=MotionConfig),)
+    needs = "scan"
+    fields = ("motion_score",)
+
+    def tap(self) -> MotionTap:
+        return MotionTap(self.cfg.motion)
+
+    def annotate(self, clip: ClipContext) -> None:
+        tap = clip.taps[self.name]
+        assert isinstance(tap, MotionTap)
+        clip.record["motion_score"] = round_score(tap.clip_score(clip.record["start_s"], clip.record["end_s"]))

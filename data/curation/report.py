@@ -1,12 +1,12 @@
 """The curation report: one static HTML page with PNG plots, to see what the filters did and why inputs were lost.
 
 ``write_report`` writes ``out_dir/report.html`` and ``out_dir/plots/*.png``: the stage counts (raw videos ... kept
-clips) and the filter funnel as bar charts, a histogram of every numeric score the records carry (the filters'
-fields first, then the known scores, then any other top-level number; ``duration_s`` is derived) with each filter's
-cut values drawn as vertical lines and the kept clips overlaid, contact sheets of kept clips and of each filter's
-dropped clips (up to ``max_thumbnails`` each, a seeded choice), the filter table (rule, resolved cuts, drops,
-missing values) and the skip and note tables. No JavaScript, no external resources: the page references only its
-own ``plots/`` by relative path, and all text is escaped. Every file is written atomically (temp name, then
+clips) and the filter funnel as bar charts, a histogram of every numeric score the records carry (the filters' fields
+first, then the registered annotators' ``fields`` (``annotators.py``) and ``duration_s``, then any other top-level
+number) with each filter's cut values drawn as vertical lines and the kept clips overlaid, contact sheets of kept clips
+and of each filter's dropped clips (up to ``max_thumbnails`` each, a seeded choice), the filter table (rule, resolved
+cuts, drops, missing values) and the skip and note tables. No JavaScript, no external resources: the page references
+only its own ``plots/`` by relative path, and all text is escaped. Every file is written atomically (temp name, then
 ``os.replace``); matplotlib is used through ``Figure`` objects (Agg canvas), so no global pyplot state is touched.
 """
 
@@ -27,10 +27,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
+from data.curation.annotators import score_fields as annotator_fields
 from data.curation.filters import FilterConfig, FilterResult, value_of
 from data.shard_writer import atomic_write_bytes
 
-SCORE_FIELDS = ("motion_score", "text_area", "aesthetic", "clip_similarity", "duration_s")
+DERIVED_FIELDS = ("duration_s",)  # record fields of the pipeline itself plotted after the annotators' ones
 # Positions in the source video and bookkeeping, not properties worth a histogram (unless a filter uses them).
 _NOT_SCORES = frozenset({"start_s", "end_s", "start_frame", "end_frame", "clip_index"})
 _CELL = (160, 96)  # contact sheet thumbnail box (width, height); the key label goes below
@@ -53,9 +54,10 @@ def _safe_name(name: str) -> str:
 
 
 def score_fields(records: Sequence[Mapping[str, Any]], cfg: FilterConfig) -> list[str]:
-    """The numeric fields to plot: filter fields, known scores, other top-level numbers; only those some record has."""
+    """The numeric fields to plot: filter fields, the annotators' scores, other top-level numbers; only those some
+    record has."""
     filtered = {f.field for f in cfg.filters}
-    names = [f.field for f in cfg.filters] + list(SCORE_FIELDS)
+    names = [f.field for f in cfg.filters] + annotator_fields() + list(DERIVED_FIELDS)
     for r in records:
         names += [k for k, v in r.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)]
     out: list[str] = []

@@ -32,9 +32,12 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+
+from data.curation.annotators import Annotator, ClipContext, Option, round_score
 
 log = logging.getLogger(__name__)
 
@@ -241,3 +244,32 @@ def union_area_fraction(boxes: Sequence[np.ndarray], shape: tuple[int, int]) -> 
 def clip_text_area(fractions: Sequence[float]) -> float:
     """The clip's text area: the maximum over its (first, middle, last) frame fractions; 0 for no frames."""
     return float(max(fractions, default=0.0))
+
+
+class TextAreaAnnotator(Annotator):
+    """``text_area`` (and ``text_area_frames``) of the clip's first/middle/last frames: ``annotate.text_area`` turns
+    it on, ``annotate.text`` configures the detector."""
+
+    name = "text_area"
+    options = (
+        Option("text_area", bool, True),  # PP-OCR text area on the first/middle/last frames
+        Option("text", TextAreaConfig, factory=TextAreaConfig),
+    )
+    fields = ("text_area",)
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.detector = TextAreaDetector(cfg.text)
+
+    @classmethod
+    def enabled(cls, cfg: Any) -> bool:
+        return bool(cfg.text_area)
+
+    @classmethod
+    def missing(cls, cfg: Any, field_name: str) -> str | None:
+        return None if cfg.text_area else "annotate.text_area is off"
+
+    def annotate(self, clip: ClipContext) -> None:
+        fractions = self.detector(clip.frames)
+        clip.record["text_area"] = round_score(clip_text_area(fractions))
+        clip.record["text_area_frames"] = [round_score(f) for f in fractions]

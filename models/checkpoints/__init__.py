@@ -1,4 +1,5 @@
-"""Checkpoint I/O: safe loading, atomic saving, the official layouts, inflation and diffusers conversion."""
+"""The checkpoint-adapter layer: safe loading, atomic saving, recognising a source's format and converting it to
+our keys and back (official ldm/sgm files, diffusers folders, stage exports), one key check, inflation."""
 
 from models.checkpoints.official import (
     VARIANTS,

@@ -65,17 +65,18 @@ from ..conditioners import (
 from ..conditioners.open_clip_image import CLIP_MEAN, CLIP_STD
 from ..latent_diffusion import FIRST_STAGE_PREFIX, UNET_PREFIX
 from ..unet import TemporalSpec, UNetSpec, tiny_unet_spec
-from ..vae import (
-    LATENT_SCALE_FACTOR,
-    AutoencoderKL,
-    TemporalAutoencoder,
-    tiny_autoencoder_spec,
-    to_diffusers_temporal_vae_state_dict,
-    to_diffusers_vae_state_dict,
-)
+from ..vae import LATENT_SCALE_FACTOR, AutoencoderKL, TemporalAutoencoder, tiny_autoencoder_spec
 from .diffusers_clip import clip_vision_config, from_clip_vision_state_dict, to_clip_vision_state_dict
 from .diffusers_unet import from_diffusers_unet_state_dict, to_diffusers_unet_config, to_diffusers_unet_state_dict
-from .diffusers_vae import autoencoder_spec_from_config, fold_quant_conv, from_diffusers_vae_state_dict, vae_config
+from .diffusers_vae import (
+    autoencoder_spec_from_config,
+    fold_quant_conv,
+    from_diffusers_vae_state_dict,
+    to_diffusers_temporal_vae_state_dict,
+    to_diffusers_vae_state_dict,
+    vae_config,
+)
+from .keys import add_prefix, strip_prefix
 from .official import CheckpointSizes
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
@@ -144,14 +145,6 @@ def tiny_diffusers_sizes() -> CheckpointSizes:
         autoencoder=dataclasses.replace(tiny_autoencoder_spec(), num_res_blocks=2),
         clip_arch=clip,
     )
-
-
-def _sub(sd: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def _with(prefix: str, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {prefix + k: v for k, v in sd.items()}
 
 
 def image_processor_config(size: int = CLIP_INPUT_SIZE) -> dict[str, Any]:
@@ -244,7 +237,7 @@ def to_diffusers_pipeline(
     notes = ConversionNotes()
     unet = model.unet
     unet_config = to_diffusers_unet_config(unet.spec) | {"num_frames": num_frames, "sample_size": sample_size}
-    unet_sd = to_diffusers_unet_state_dict(_sub(sd, UNET_PREFIX), spec=unet.spec)
+    unet_sd = to_diffusers_unet_state_dict(strip_prefix(sd, UNET_PREFIX), spec=unet.spec)
 
     clip_index, clip = _embedder(model.conditioner, "cond_frames_without_noise")
     concat_index, concat = _embedder(model.conditioner, "cond_frames")
@@ -252,7 +245,7 @@ def to_diffusers_pipeline(
     clip_prefix = f"conditioner.embedders.{clip_index}.open_clip.model."
     visual = clip.open_clip.model.visual
     clip_config = clip_vision_config(visual)
-    clip_sd = to_clip_vision_state_dict(_sub(sd, clip_prefix + "visual."))
+    clip_sd = to_clip_vision_state_dict(strip_prefix(sd, clip_prefix + "visual."))
     notes.drop("OpenCLIP text-tower leftovers", [k for k in sd if k.startswith(clip_prefix) and ".visual." not in k])
     if clip_config["image_size"] != CLIP_INPUT_SIZE:
         notes.warnings.append(
@@ -277,8 +270,8 @@ def to_diffusers_pipeline(
 def _vae_component(
     sd: Mapping[str, Tensor], first_stage: nn.Module, concat: nn.Module, concat_prefix: str, notes: ConversionNotes
 ) -> Component:
-    concat_vae = _sub(sd, concat_prefix + "encoder.")
-    first = _sub(sd, FIRST_STAGE_PREFIX)
+    concat_vae = strip_prefix(sd, concat_prefix + "encoder.")
+    first = strip_prefix(sd, FIRST_STAGE_PREFIX)
     spec = first_stage.spec
     if not isinstance(concat.encoder, AutoencoderKL):
         raise ValueError(f"the concat-latent encoder is a {type(concat.encoder).__name__}; expected AutoencoderKL")
@@ -300,7 +293,10 @@ def _vae_component(
         theirs = to_diffusers_temporal_vae_state_dict(ours)
         theirs |= {k: encoder[k] for k in ("quant_conv.weight", "quant_conv.bias")}
         dropped_first = {k: v for k, v in first.items() if k.startswith("encoder.")}
-        same = _identical(fold_quant_conv(_sub(encoder, "encoder."), *_quant(encoder)), _sub(dropped_first, "encoder."))
+        same = _identical(
+            fold_quant_conv(strip_prefix(encoder, "encoder."), *_quant(encoder)),
+            strip_prefix(dropped_first, "encoder."),
+        )
         class_name, temporal = TEMPORAL_VAE, True
     elif isinstance(first_stage, AutoencoderKL):
         decoder = {k: v for k, v in first.items() if k.startswith(("decoder.", "post_quant_conv."))}
@@ -336,7 +332,9 @@ def from_diffusers_pipeline(components: Mapping[str, Component]) -> tuple[dict[s
         raise ValueError(f"the pipeline has no {missing}; a StableVideoDiffusionPipeline folder has all three")
     notes = ConversionNotes()
     unet = components["unet"]
-    out = _with(UNET_PREFIX, from_diffusers_unet_state_dict(unet.state_dict, spec=unet_spec_from_config(unet.config)))
+    out = add_prefix(
+        UNET_PREFIX, from_diffusers_unet_state_dict(unet.state_dict, spec=unet_spec_from_config(unet.config))
+    )
 
     vae = components["vae"]
     if vae.class_name not in (TEMPORAL_VAE, IMAGE_VAE):
@@ -349,13 +347,13 @@ def from_diffusers_pipeline(components: Mapping[str, Component]) -> tuple[dict[s
     if scale != LATENT_SCALE_FACTOR:
         notes.warnings.append(f"vae scaling_factor {scale}; our models scale latents by {LATENT_SCALE_FACTOR}")
     if temporal:
-        encoder = _sub(ours, "encoder.")
-        concat = _with("encoder.", encoder) | {k: ours[k] for k in ("quant_conv.weight", "quant_conv.bias")}
-        first = _with("encoder.", fold_quant_conv(encoder, *_quant(ours))) | {
+        encoder = strip_prefix(ours, "encoder.")
+        concat = add_prefix("encoder.", encoder) | {k: ours[k] for k in ("quant_conv.weight", "quant_conv.bias")}
+        first = add_prefix("encoder.", fold_quant_conv(encoder, *_quant(ours))) | {
             k: v for k, v in ours.items() if k.startswith("decoder.")
         }
     else:
         concat = first = ours
-    out |= _with(FIRST_STAGE_PREFIX, first) | _with(CONCAT_EMBEDDER + "encoder.", concat)
+    out |= add_prefix(FIRST_STAGE_PREFIX, first) | add_prefix(CONCAT_EMBEDDER + "encoder.", concat)
     clip = from_clip_vision_state_dict(components["image_encoder"].state_dict)
-    return out | _with(CLIP_EMBEDDER + CLIP_VISUAL, clip), notes
+    return out | add_prefix(CLIP_EMBEDDER + CLIP_VISUAL, clip), notes

@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from ..unet.temporal import SpatialVideoTransformer, VideoResBlock
+from .keys import diff_keys
 
 TEMPORAL_TOKENS = ("time_stack", "time_mixer", "time_pos_embed")
 INPUT_CONV_KEY = "input_blocks.0.0.weight"
 
 
-def is_temporal_key(key: str) -> bool:
+def is_temporal_unet_key(key: str) -> bool:
     """True for keys under ``time_stack``, ``time_mixer`` or ``time_pos_embed`` (RECIPE 1.5 key patterns)."""
     return any(token in key.split(".") for token in TEMPORAL_TOKENS)
 
@@ -70,7 +71,7 @@ def inflate_image_unet(video_unet: nn.Module, image_state_dict: dict[str, torch.
     so the vector conditioning adds nothing at first). Anything else is an error naming the keys.
     """
     target = video_unet.state_dict()
-    unexpected = sorted(set(image_state_dict) - set(target))
+    unexpected = diff_keys(image_state_dict, target).unexpected
     if unexpected:
         raise ValueError(
             f"{len(unexpected)} image-UNet keys have no place in the video UNet (first: {unexpected[:5]}); "
@@ -98,7 +99,7 @@ def inflate_image_unet(video_unet: nn.Module, image_state_dict: dict[str, torch.
     for key in target:
         if key in image_state_dict:
             continue
-        if is_temporal_key(key):
+        if is_temporal_unet_key(key):
             report.new_temporal.append(key)
         elif key.startswith("label_emb."):
             report.new_other.append(key)

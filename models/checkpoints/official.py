@@ -27,8 +27,10 @@ from ..conditioners import EmbedderSpec, FrozenOpenCLIPEmbedder, GeneralConditio
 from ..conditioners.presets import build_sd21_text_conditioner, build_svd_conditioner
 from ..diffusion.ddpm_schedule import ldm_schedule_buffers
 from ..diffusion.denoiser import DiscreteDenoiser
+from ..latent_diffusion import OfficialModulePaths
 from ..unet import UNetSpec, VideoUNet, sd21_unet_spec, svd_unet_spec
 from ..vae import AutoencoderKL, AutoencoderSpec, TemporalAutoencoder
+from .keys import diff_keys
 from .safe_load import load_state_dict
 
 Variant = Literal["svd", "svd_xt", "svd_image_decoder", "sd21", "sd21_sgm"]
@@ -55,7 +57,7 @@ class CheckpointSizes:
     clip_arch: str | Mapping[str, Any] = "ViT-H-14"
 
 
-class OfficialCheckpointModel(nn.Module):
+class OfficialCheckpointModel(OfficialModulePaths, nn.Module):
     """Our modules arranged so that ``state_dict()`` has the released file's keys for ``variant``."""
 
     def __init__(self, variant: Variant, *, sizes: CheckpointSizes | None = None) -> None:
@@ -84,14 +86,6 @@ class OfficialCheckpointModel(nn.Module):
             self.cond_stage_model = FrozenOpenCLIPEmbedder(sizes.clip_arch, layer="penultimate")
             for name, value in ldm_schedule_buffers().items():
                 self.register_buffer(name, value)
-
-    @property
-    def unet(self) -> VideoUNet:
-        return self.model.diffusion_model
-
-    @property
-    def first_stage(self) -> nn.Module:
-        return self.first_stage_model
 
     def get_conditioner(self) -> GeneralConditioner:
         """The conditioner; for the SD 2.1 ldm layout a text conditioner around ``cond_stage_model``."""
@@ -153,22 +147,14 @@ def parameters_on_meta() -> Iterator[None]:
 
 def check_keys(model: OfficialCheckpointModel, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Raise on any unexplained difference; return the (allowed) absent keys."""
-    expected = model.state_dict()
-    unexpected = sorted(set(state_dict) - set(expected))
-    missing = sorted(set(expected) - set(state_dict))
-    refused = [k for k in missing if not model.absent_ok(k)]
-    shapes = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if unexpected or refused or shapes:
+    diff = diff_keys(state_dict, model.state_dict(), sides=("file", "model"), absent_ok=model.absent_ok)
+    if diff:
         raise ValueError(
-            f"checkpoint does not match the '{model.variant}' layout: {len(unexpected)} unexpected keys "
-            f"{unexpected[:5]}, {len(refused)} missing keys {refused[:5]}, {len(shapes)} shape mismatches "
-            f"{shapes[:3]}. Is it another variant? choose one of {', '.join(VARIANTS)}"
+            f"checkpoint does not match the '{model.variant}' layout: {diff.listed('unexpected')}, "
+            f"{diff.listed('missing')}, {diff.listed('shapes')}. Is it another variant? choose one of "
+            f"{', '.join(VARIANTS)}"
         )
-    return missing
+    return diff.absent
 
 
 def load_official_checkpoint(

@@ -14,7 +14,7 @@ from .ddpm_schedule import (
 )
 from .denoiser import COND_KEYS, Denoiser, DiscreteDenoiser, Network
 from .discretization import Discretization, EDMDiscretization, LegacyDDPMDiscretization
-from .guidance import Guider, IdentityGuider, LinearPredictionGuider, VanillaCFG, stack_uncond_cond
+from .guidance import Guider, IdentityGuider, LinearPredictionGuider, VanillaCFG
 from .loss import LossType, StandardDiffusionLoss, weighted_loss
 from .loss_weighting import EDMWeighting, LossWeighting, UnitWeighting, VWeighting
 from .sampler import DenoiseFn, EulerEDMSampler
@@ -58,6 +58,5 @@ __all__ = [
     "discrete_sigmas",
     "ldm_schedule_buffers",
     "scaled_linear_betas",
-    "stack_uncond_cond",
     "weighted_loss",
 ]

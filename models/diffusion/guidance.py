@@ -10,8 +10,8 @@ over the frames of (B*T, C, H, W) predictions.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Protocol
 
 import torch
 
@@ -23,42 +23,14 @@ GuidedInputs = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 STACKED_KEYS = ("crossattn", "vector", "concat")
 
 
-class Guider(Protocol):
-    def prepare_inputs(
-        self,
-        x: torch.Tensor,
-        sigma: torch.Tensor,
-        cond: Mapping[str, torch.Tensor],
-        uncond: Mapping[str, torch.Tensor] | None = None,
-    ) -> GuidedInputs: ...
+class Guider(ABC):
+    """Lays out the network's batch (``prepare_inputs``) and combines its prediction (``__call__``).
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+    A guider with ``stacks_uncond = True`` has the network evaluate [uc; c] (batch 2B) and gets the stacked
+    prediction; otherwise the network sees (x, sigma, cond) as given.
+    """
 
-
-def stack_uncond_cond(
-    x: torch.Tensor,
-    sigma: torch.Tensor,
-    cond: Mapping[str, torch.Tensor],
-    uncond: Mapping[str, torch.Tensor] | None,
-) -> GuidedInputs:
-    """(x, sigma, cond) of batch B -> batch 2B laid out [uc; c]."""
-    if uncond is None:
-        raise ValueError("classifier-free guidance needs `uncond`; pass it, or use IdentityGuider for no guidance")
-    if set(cond) != set(uncond):
-        raise ValueError(f"cond keys {sorted(cond)} and uncond keys {sorted(uncond)} must match")
-    both = {}
-    for key, value in cond.items():
-        if key in STACKED_KEYS:
-            both[key] = torch.cat([uncond[key], value], dim=0)
-        elif torch.equal(uncond[key], value):
-            both[key] = value
-        else:
-            raise ValueError(f"cond[{key!r}] differs between cond and uncond; only {STACKED_KEYS} may differ")
-    return torch.cat([x, x]), torch.cat([sigma, sigma]), both
-
-
-class IdentityGuider:
-    """No guidance: the conditional prediction as is."""
+    stacks_uncond = False
 
     def prepare_inputs(
         self,
@@ -67,26 +39,41 @@ class IdentityGuider:
         cond: Mapping[str, torch.Tensor],
         uncond: Mapping[str, torch.Tensor] | None = None,
     ) -> GuidedInputs:
-        return x, sigma, dict(cond)
+        """(x, sigma, cond) of batch B -> batch 2B laid out [uc; c] if ``stacks_uncond``, else unchanged."""
+        if not self.stacks_uncond:
+            return x, sigma, dict(cond)
+        if uncond is None:
+            raise ValueError("classifier-free guidance needs `uncond`; pass it, or use IdentityGuider for no guidance")
+        if set(cond) != set(uncond):
+            raise ValueError(f"cond keys {sorted(cond)} and uncond keys {sorted(uncond)} must match")
+        both = {}
+        for key, value in cond.items():
+            if key in STACKED_KEYS:
+                both[key] = torch.cat([uncond[key], value], dim=0)
+            elif torch.equal(uncond[key], value):
+                both[key] = value
+            else:
+                raise ValueError(f"cond[{key!r}] differs between cond and uncond; only {STACKED_KEYS} may differ")
+        return torch.cat([x, x]), torch.cat([sigma, sigma]), both
+
+    @abstractmethod
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+
+
+class IdentityGuider(Guider):
+    """No guidance: the conditional prediction as is."""
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x
 
 
-class VanillaCFG:
+class VanillaCFG(Guider):
     """x_u + scale (x_c - x_u) on the stacked [uc; c] prediction (Eq 5 with w = scale)."""
+
+    stacks_uncond = True
 
     def __init__(self, scale: float) -> None:
         self.scale = scale
-
-    def prepare_inputs(
-        self,
-        x: torch.Tensor,
-        sigma: torch.Tensor,
-        cond: Mapping[str, torch.Tensor],
-        uncond: Mapping[str, torch.Tensor] | None = None,
-    ) -> GuidedInputs:
-        return stack_uncond_cond(x, sigma, cond, uncond)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         x_u, x_c = x.chunk(2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -26,31 +27,24 @@ from .util import append_dims, randn
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
 
 
+@dataclass(eq=False)
 class EulerEDMSampler:
     """Call as ``sampler(denoise, cond, uncond, shape=..., generator=...)`` -> x at sigma = 0, shape ``shape``."""
 
-    def __init__(
-        self,
-        discretization: Discretization,
-        *,
-        guider: Guider,
-        num_steps: int,
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float = math.inf,
-        s_noise: float = 1.0,
-    ) -> None:
-        if num_steps < 1:
-            raise ValueError(f"num_steps={num_steps} must be >= 1 (SVD uses 25, SVD-XT 30)")
-        if s_churn < 0:
-            raise ValueError(f"s_churn={s_churn} must be >= 0 (0 gives the deterministic Euler solver)")
-        self.discretization = discretization
-        self.guider = guider
-        self.num_steps = num_steps
-        self.s_churn = s_churn
-        self.s_tmin = s_tmin
-        self.s_tmax = s_tmax
-        self.s_noise = s_noise
+    discretization: Discretization
+    _: KW_ONLY
+    guider: Guider
+    num_steps: int
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps={self.num_steps} must be >= 1 (SVD uses 25, SVD-XT 30)")
+        if self.s_churn < 0:
+            raise ValueError(f"s_churn={self.s_churn} must be >= 0 (0 gives the deterministic Euler solver)")
 
     def guided_denoise(
         self,

@@ -29,6 +29,7 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         inner_dim = n_heads * d_head
         self.in_channels = in_channels
+        self.n_heads, self.d_head, self.context_dim, self.dropout = n_heads, d_head, context_dim, dropout
         self.use_linear = use_linear
         self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
         self.proj_in = nn.Linear(in_channels, inner_dim) if use_linear else nn.Conv2d(in_channels, inner_dim, 1)

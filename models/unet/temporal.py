@@ -6,7 +6,7 @@ blends its output with the spatial output through an ``AlphaBlender``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -150,42 +150,24 @@ class VideoTransformerBlock(nn.Module):
 class SpatialVideoTransformer(SpatialTransformer):
     """Spatial transformer whose every block is followed by a frame-position-embedded temporal block."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        *,
-        n_heads: int,
-        d_head: int,
-        context_dim: int,
-        depth: int = 1,
-        dropout: float = 0.0,
-        use_linear: bool = True,
-        temporal: TemporalSpec,
-    ) -> None:
-        super().__init__(
-            in_channels,
-            n_heads=n_heads,
-            d_head=d_head,
-            context_dim=context_dim,
-            depth=depth,
-            dropout=dropout,
-            use_linear=use_linear,
-        )
-        inner_dim = n_heads * d_head
+    def __init__(self, in_channels: int, *, temporal: TemporalSpec, **spatial: Any) -> None:
+        """``spatial``: the keyword arguments of ``SpatialTransformer`` (n_heads, d_head, context_dim, ...)."""
+        super().__init__(in_channels, **spatial)
+        inner_dim = self.n_heads * self.d_head
         self.use_spatial_context = temporal.use_spatial_context
         self.max_time_embed_period = temporal.max_time_embed_period
-        time_context_dim = None if temporal.disable_temporal_crossattention else context_dim
+        time_context_dim = None if temporal.disable_temporal_crossattention else self.context_dim
         self.time_stack = nn.ModuleList(
             [
                 VideoTransformerBlock(
                     inner_dim,
-                    heads=n_heads,
-                    dim_head=d_head,
+                    heads=self.n_heads,
+                    dim_head=self.d_head,
                     context_dim=time_context_dim,
                     ff_in=temporal.extra_ff_mix_layer,
-                    dropout=dropout,
+                    dropout=self.dropout,
                 )
-                for _ in range(depth)
+                for _ in self.transformer_blocks
             ]
         )
         self.time_pos_embed = nn.Sequential(

@@ -3,12 +3,11 @@
 from .autoencoder import LATENT_SCALE_FACTOR, AutoencoderKL, TemporalAutoencoder, build_autoencoder
 from .blocks import AttnBlock, Downsample, ResnetBlock
 from .decoder import Decoder
-from .diffusers_convert import to_diffusers_temporal_vae_state_dict, to_diffusers_vae_state_dict
 from .distributions import DiagonalGaussianDistribution
 from .encoder import Encoder
 from .spec import AutoencoderSpec, tiny_autoencoder_spec
 from .temporal_decoder import AE3DConv, VideoDecoder, VideoResnetBlock
-from .temporal_init import init_temporal_identity_, is_temporal_key, temporal_from_kl
+from .temporal_init import init_temporal_identity_, is_temporal_decoder_key, temporal_from_kl
 
 __all__ = [
     "AE3DConv",
@@ -26,9 +25,7 @@ __all__ = [
     "VideoResnetBlock",
     "build_autoencoder",
     "init_temporal_identity_",
-    "is_temporal_key",
+    "is_temporal_decoder_key",
     "temporal_from_kl",
     "tiny_autoencoder_spec",
-    "to_diffusers_temporal_vae_state_dict",
-    "to_diffusers_vae_state_dict",
 ]

@@ -6,7 +6,7 @@ Normalisation is GroupNorm(32, eps=1e-6) computed in float32 (the UNet's ``Group
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -100,55 +100,50 @@ class MidBlock(nn.Module):
         return self.block_2(x, **block_kwargs)
 
 
-class DownLevel(nn.Module):
-    """One encoder level: ``block.{j}`` (+ ``attn.{j}``), then ``downsample`` except on the last level."""
+class _Level(nn.Module):
+    """``block.{j}`` (+ ``attn.{j}``): the resnet blocks (with attention) that an encoder and a decoder level share."""
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        num_blocks: int,
-        attention: bool,
-        downsample: bool,
-        make_resblock: ResnetFactory,
+        self, in_channels: int, out_channels: int, *, num_blocks: int, attention: bool, make_resblock: ResnetFactory
     ) -> None:
         super().__init__()
         chans = [in_channels] + [out_channels] * num_blocks
         self.block = nn.ModuleList(make_resblock(chans[j], out_channels=out_channels) for j in range(num_blocks))
         self.attn = nn.ModuleList(AttnBlock(out_channels) for _ in range(num_blocks if attention else 0))
-        self.downsample = Downsample(out_channels) if downsample else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for j, block in enumerate(self.block):
-            x = block(x)
-            if len(self.attn) > 0:
-                x = self.attn[j](x)
-        return x if self.downsample is None else self.downsample(x)
-
-
-class UpLevel(nn.Module):
-    """One decoder level: ``block.{j}`` (+ ``attn.{j}``), then ``upsample`` (nearest x2 + conv) except on level 0."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        num_blocks: int,
-        attention: bool,
-        upsample: bool,
-        make_resblock: ResnetFactory,
-    ) -> None:
-        super().__init__()
-        chans = [in_channels] + [out_channels] * num_blocks
-        self.block = nn.ModuleList(make_resblock(chans[j], out_channels=out_channels) for j in range(num_blocks))
-        self.attn = nn.ModuleList(AttnBlock(out_channels) for _ in range(num_blocks if attention else 0))
-        self.upsample = Upsample(out_channels) if upsample else None
-
-    def forward(self, x: torch.Tensor, **block_kwargs: int) -> torch.Tensor:
+    def _blocks(self, x: torch.Tensor, **block_kwargs: int) -> torch.Tensor:
         for j, block in enumerate(self.block):
             x = block(x, **block_kwargs)
             if len(self.attn) > 0:
                 x = self.attn[j](x)
+        return x
+
+
+class DownLevel(_Level):
+    """One encoder level: ``block.{j}`` (+ ``attn.{j}``), then ``downsample`` except on the last level.
+
+    ``level``: the arguments of ``_Level`` (num_blocks, attention, make_resblock).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, downsample: bool, **level: Any) -> None:
+        super().__init__(in_channels, out_channels, **level)
+        self.downsample = Downsample(out_channels) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._blocks(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class UpLevel(_Level):
+    """One decoder level: ``block.{j}`` (+ ``attn.{j}``), then ``upsample`` (nearest x2 + conv) except on level 0.
+
+    ``level``: the arguments of ``_Level`` (num_blocks, attention, make_resblock).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, upsample: bool, **level: Any) -> None:
+        super().__init__(in_channels, out_channels, **level)
+        self.upsample = Upsample(out_channels) if upsample else None
+
+    def forward(self, x: torch.Tensor, **block_kwargs: int) -> torch.Tensor:
+        x = self._blocks(x, **block_kwargs)
         return x if self.upsample is None else self.upsample(x)

@@ -26,7 +26,7 @@ from .temporal_decoder import AE3DConv, VideoDecoder, VideoKernelSize, VideoResn
 _TEMPORAL_KEY_PARTS = (".time_stack.", ".time_mix_conv.")
 
 
-def is_temporal_key(key: str) -> bool:
+def is_temporal_decoder_key(key: str) -> bool:
     """True for the parameters the video decoder adds to the image decoder (``time_stack``, ``mix_factor``,
     ``time_mix_conv``)."""
     return any(part in key for part in _TEMPORAL_KEY_PARTS) or key.endswith("mix_factor")
@@ -61,6 +61,6 @@ def temporal_from_kl(kl: AutoencoderKL, *, video_kernel_size: VideoKernelSize = 
     ).to(device=reference.device, dtype=reference.dtype)
     missing, unexpected = model.load_state_dict(kl.state_dict(), strict=False)
     assert not unexpected, f"KL keys without a place in the temporal autoencoder: {unexpected[:5]}"
-    assert all(is_temporal_key(k) for k in missing), f"non-temporal keys left at init: {missing[:5]}"
+    assert all(is_temporal_decoder_key(k) for k in missing), f"non-temporal keys left at init: {missing[:5]}"
     init_temporal_identity_(model.decoder)
     return model

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import json
 import tarfile
@@ -18,7 +17,6 @@ from PIL import Image
 
 from data.demo_data import (
     VideoPlan,
-    encode_video,
     render_video,
     sample_rng,
     write_demo_dataset,
@@ -26,8 +24,9 @@ from data.demo_data import (
     write_video,
 )
 from data.demo_scenes import SceneSpec, random_scene, render_scene, scene_captions, text_area_fraction
+from data.video_encode import encode_video
+from tests.conftest import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 SIZE = (96, 64)
 
 
@@ -55,10 +54,7 @@ def _diffs(frames: np.ndarray) -> np.ndarray:
 
 
 def _load_cli() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_demo_data", REPO / "scripts" / "make_demo_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_demo_data")
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,11 @@ decode_cached_sample / the stream and collate, compared with the uncached path a
 
 from __future__ import annotations
 
-import ast
-import functools
-import importlib.util
 import json
 import os
-import sys
 from collections import Counter
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -28,20 +25,15 @@ from data.sources import SourceSpec, iter_shard_records
 from data.stream import StreamConfig
 from data.transforms import to_model_range
 from data.video_decode import ClipSpec
+from tests.conftest import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 SIZE = (32, 48)  # (H, W): latents (4, 6) with the tiny VAE's downsampling of 2 -> (16, 24)
 NUM_FRAMES, TARGET_FPS, SEED = 3, 8.0, 5
 CLIP = ClipSpec(num_frames=NUM_FRAMES, target_fps=TARGET_FPS, size=SIZE, start="center", crop="center")
 
 
-@functools.cache
-def _script():
-    spec = importlib.util.spec_from_file_location("cache_latents", REPO / "scripts" / "cache_latents.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def _script() -> ModuleType:
+    return load_script("cache_latents")
 
 
 def _run(src: Path | list[str], out: Path, *extra: str) -> None:
@@ -235,17 +227,6 @@ def test_collate_refuses_mixing_cached_and_decoded_samples():
     with pytest.raises(ValueError, match="cannot mix cached-latent and decoded"):
         collate_samples([cached, decoded])
     assert collate_samples([cached, cached])["latent_moments"].shape == (2, 2, 8, 4, 4)
-
-
-def test_data_package_never_imports_models():
-    # The cache script bridges the two; the data side (latent_cache.py included) must stay model-free.
-    offenders = []
-    for path in sorted((REPO / "data").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "models"]
-    assert not offenders
 
 
 def test_pack_round_trip_and_output_names(tmp_path):

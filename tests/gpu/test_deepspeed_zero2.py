@@ -9,7 +9,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from train.strategies import build_strategy, consolidate_deepspeed_checkpoint, strategy_clips_gradients
+from train.strategies import consolidate_deepspeed_checkpoint
+from train.strategy_registry import build_strategy, strategy_clips_gradients
 
 pytestmark = pytest.mark.gpu
 

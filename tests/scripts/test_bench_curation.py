@@ -3,31 +3,23 @@ figures add up, the instrumented pipeline gives the clips the plain one does, an
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
-import sys
-from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 import data.curation.annotate as annotate
 from data.curation.annotate import Annotators, curate_video
 from data.curation.inputs import RawVideo
+from tests.conftest import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 # One 64x96 video at 12 fps, 2-3 scenes of 2.5-3 s: about a second per repetition; two of the cut detectors alone.
 TINY = ["--num-videos", "1", "--size", "64x96", "--fps", "12", "--scenes", "2,3", "--scene-seconds", "2.5,3"]
 TINY += ["--reps", "2", "--detectors", "cascade,transnetv2"]
 
 
-@functools.cache
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_curation", REPO / "scripts" / "bench_curation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def _script() -> ModuleType:
+    return load_script("bench_curation")
 
 
 def _run(capsys, argv: list[str]) -> dict:

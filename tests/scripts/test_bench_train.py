@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
-import sys
-from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import load_script
+
 TINY = ["stage.height=32", "stage.width=32", "stage.num_frames=4", "data.batch_size=2", "data.num_workers=1"]
 
 
-@functools.cache
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def _script() -> ModuleType:
+    return load_script("bench_train")
 
 
 def test_bench_prints_one_json_line_with_both_modes(capsys):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
-import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from data.demo_data import write_demo_dataset
+from tests.conftest import load_script
 from train.builders import build_objective
 from train.config import register_configs
 from train.evaluation.clip_metrics import ClipScorer, score_videos
@@ -26,13 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
 
 
-@functools.cache
-def _script():
-    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def _script() -> ModuleType:
+    return load_script("evaluate")
 
 
 class TinyI3D(nn.Module):

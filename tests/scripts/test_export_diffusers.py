@@ -8,10 +8,8 @@ reads the folder back.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -19,10 +17,12 @@ import torch
 from PIL import Image
 
 from models.checkpoints import OfficialCheckpointModel, load_state_dict, save_state_dict
+from models.checkpoints.components import NEW_UNUSED
 from models.checkpoints.diffusers_pipeline import tiny_diffusers_sizes
 from models.checkpoints.diffusers_unet import forward_with_diffusers_inputs, match_sgm_group_norm_eps
 from models.checkpoints.diffusers_vae import fold_quant_conv
-from train.init_weights import NEW_UNUSED, load_init_weights
+from tests.conftest import load_script
+from train.init_weights import load_init_weights
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
@@ -31,13 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 T = 4  # frames; differs from the 3 colour channels so output layouts cannot be confused
 
 
-@functools.cache
-def _script():
-    spec = importlib.util.spec_from_file_location("export_diffusers_cli", REPO / "scripts" / "export_diffusers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def _script() -> ModuleType:
+    return load_script("export_diffusers")
 
 
 def _perturb(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -87,6 +82,19 @@ def _check_vae(pipe, concat_vae: torch.nn.Module, first_stage: torch.nn.Module, 
     )
 
 
+def _check_image_and_sample(pipe, embedder: torch.nn.Module, image, pixels: torch.Tensor) -> None:
+    """The pipeline embeds ``image`` as our image embedder embeds ``pixels`` (in [-1, 1]), and samples a clip."""
+    with torch.no_grad():
+        theirs = pipe._encode_image(image, "cpu", 1, False)  # what __call__ embeds: (1, 1, D)
+        ours = embedder(pixels)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    frames = pipe(
+        image, height=32, width=48, num_frames=T, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).frames  # fmt: skip
+    assert frames.shape == (1, T, 3, 32, 48) and torch.isfinite(frames).all()
+
+
 def _pil(h: int, w: int) -> Image.Image:
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
@@ -113,16 +121,7 @@ def test_official_export_runs_in_diffusers_as_ours(official) -> None:
 
     image = _pil(40, 56)
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    with torch.no_grad():
-        theirs = pipe._encode_image(image, "cpu", 1, False)  # what __call__ embeds: (1, 1, D)
-        ours = model.conditioner.embedders[0](pixels)  # our kornia resize + OpenCLIP tower
-    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
-
-    frames = pipe(
-        image, height=32, width=48, num_frames=T, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-        output_type="pt",
-    ).frames  # fmt: skip
-    assert frames.shape == (1, T, 3, 32, 48) and torch.isfinite(frames).all()
+    _check_image_and_sample(pipe, model.conditioner.embedders[0], image, pixels)  # kornia resize + OpenCLIP tower
 
 
 def test_official_folder_initialises_training(official) -> None:
@@ -176,15 +175,7 @@ def test_stage_export_runs_in_diffusers_as_ours(stage_export) -> None:
     _check_vae(pipe, model.conditioner.embedders[3].encoder, model.first_stage, (8, 8))
     size = pipe.image_encoder.config.image_size  # 32: pass a tensor, the pipeline resizes only PIL images to 224
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        theirs = pipe._encode_image(image, "cpu", 1, False)
-        ours = model.conditioner.embedders[0](image * 2 - 1)
-    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
-    frames = pipe(
-        image, height=32, width=48, num_frames=T, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-        output_type="pt",
-    ).frames  # fmt: skip
-    assert frames.shape == (1, T, 3, 32, 48) and torch.isfinite(frames).all()
+    _check_image_and_sample(pipe, model.conditioner.embedders[0], image, image * 2 - 1)
 
 
 def test_stage_export_round_trips_bitwise(stage_export) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import av
 import pytest
@@ -13,18 +12,14 @@ import torch
 from PIL import Image
 
 from models.checkpoints import OfficialCheckpointModel, save_state_dict
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 H, W, T = 16, 24, 2
 
 
-@functools.cache
-def _script():
-    spec = importlib.util.spec_from_file_location("sample_cli", REPO / "scripts" / "sample.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def _script() -> ModuleType:
+    return load_script("sample")
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +85,20 @@ def test_presets_follow_the_recipe():
     assert (presets["svd_xt"].num_frames, presets["svd_xt"].num_steps, presets["svd_xt"].min_cfg) == (25, 30, 1.5)
 
 
+def test_flag_defaults_are_the_generation_settings(tmp_path):
+    from train.config import GenerationSettings
+
+    script = _script()
+    args = script.parse_args(["--export", str(tmp_path), "--out", str(tmp_path)])
+    assert script.generation_settings(args, script.PRESETS["svd"]) == GenerationSettings()  # svd's are the defaults
+    args = script.parse_args(["--export", str(tmp_path), "--out", str(tmp_path), "--fps", "4", "--seed", "3"])
+    xt = script.generation_settings(args, script.PRESETS["svd_xt"])
+    assert (xt.num_steps, xt.min_cfg, xt.max_cfg, xt.fps_id, xt.seed) == (30, 1.5, 3.0, 3, 3)
+
+
 def test_export_path_uses_the_stage_size_and_task(tmp_path, checkpoint, image, monkeypatch):
     # A stand-in for train.export.load_export (the real one is tested with the export code).
-    from types import ModuleType, SimpleNamespace
+    from types import SimpleNamespace
 
     from models.checkpoints import load_official_checkpoint
     from models.diffusion import Denoiser, VScalingWithEDMcNoise

@@ -80,6 +80,14 @@ def test_a_stage_script_with_two_tasks_trains_and_exports(slurm_env, stage_overr
     assert (tmp_path / "runs" / "demo" / "video_pretrain" / "export" / "model.safetensors").exists()
 
 
+def wait_for_rows(stage, rows, job, env, timeout=600.0):
+    """Block until the running ``job`` has logged ``rows`` steps to the stage's metrics.jsonl."""
+    deadline = time.monotonic() + timeout
+    while not ((stage / "metrics.jsonl").exists() and len(read_metrics(stage / "metrics.jsonl")) >= rows):
+        assert time.monotonic() < deadline and job_state(job, env) in ("PENDING", "RUNNING")
+        time.sleep(0.2)
+
+
 def test_scontrol_requeue_resumes_to_the_same_losses(slurm_env, stage_overrides, tmp_path):
     logs, steps = tmp_path / "logs", 8
     common = ["stage.max_steps=8", "data.num_workers=1"]
@@ -90,10 +98,7 @@ def test_scontrol_requeue_resumes_to_the_same_losses(slurm_env, stage_overrides,
     job = submit("video_pretrain.sbatch", scratch(stage_overrides, *common, "paths.run_name=requeued"),
                  slurm_env, logs, "--ntasks-per-node=1")  # fmt: skip
     stage = tmp_path / "runs" / "requeued" / "video_pretrain"
-    deadline = time.monotonic() + 600
-    while not ((stage / "metrics.jsonl").exists() and len(read_metrics(stage / "metrics.jsonl")) >= 5):
-        assert time.monotonic() < deadline and job_state(job, slurm_env) in ("PENDING", "RUNNING")
-        time.sleep(0.2)
+    wait_for_rows(stage, 5, job, slurm_env)
     sh(["scontrol", "requeue", job], slurm_env)
     assert wait(job, slurm_env, timeout=900) == "COMPLETED", log_of(logs, job)
 
@@ -164,10 +169,7 @@ def test_the_preemption_signal_checkpoints_requeues_and_resumes(slurm_env, stage
     job = submit("video_pretrain.sbatch", scratch(stage_overrides, *common, "paths.run_name=preempted"),
                  slurm_env, logs, "--ntasks-per-node=1")  # fmt: skip
     stage = tmp_path / "runs" / "preempted" / "video_pretrain"
-    deadline = time.monotonic() + 600
-    while not ((stage / "metrics.jsonl").exists() and len(read_metrics(stage / "metrics.jsonl")) >= 2):
-        assert time.monotonic() < deadline and job_state(job, slurm_env) in ("PENDING", "RUNNING")
-        time.sleep(0.2)
+    wait_for_rows(stage, 2, job, slurm_env)
     sh(["scancel", "--signal=USR1", job], slurm_env)
     assert wait(straight, slurm_env) == "COMPLETED", log_of(logs, straight)
     assert wait(job, slurm_env, timeout=900) == "COMPLETED", log_of(logs, job)

@@ -10,7 +10,13 @@ import torch
 
 from data.batch import Batch
 from models.checkpoints import save_state_dict
-from models.vae import AutoencoderKL, TemporalAutoencoder, is_temporal_key, temporal_from_kl, tiny_autoencoder_spec
+from models.vae import (
+    AutoencoderKL,
+    TemporalAutoencoder,
+    is_temporal_decoder_key,
+    temporal_from_kl,
+    tiny_autoencoder_spec,
+)
 from train.objectives import AutoencoderObjective, TemporalDecoderObjective, VGGPerceptual
 from train.objectives.perceptual import vgg16_feature_keys
 
@@ -121,7 +127,7 @@ def test_temporal_objective_trains_only_what_it_should(train_decoder: str) -> No
     names = {n for n, _ in objective.named_trainable_parameters()}
     assert names and all(n.startswith("first_stage_model.decoder.") for n in names)
     if train_decoder == "temporal":
-        assert all(is_temporal_key(n) for n in names)
+        assert all(is_temporal_decoder_key(n) for n in names)
     else:
         assert names == {f"first_stage_model.{n}" for n, _ in ae.decoder.named_parameters(prefix="decoder")}
     before = {n: p.detach().clone() for n, p in ae.named_parameters()}
@@ -203,7 +209,7 @@ def test_temporal_from_kl_decodes_exactly_like_kl(kernel: tuple[int, int, int]) 
     torch.testing.assert_close(temporal.encode(x).parameters, kl.encode(x).parameters, rtol=0, atol=0)
     kl_keys = set(kl.state_dict())
     assert kl_keys < set(temporal.state_dict())
-    assert all(is_temporal_key(k) for k in set(temporal.state_dict()) - kl_keys)
+    assert all(is_temporal_decoder_key(k) for k in set(temporal.state_dict()) - kl_keys)
     # No shared storage: the KL model stays as it was when the temporal one trains.
     temporal.decoder.conv_in.weight.add_(1.0)
     assert not torch.equal(temporal.decoder.conv_in.weight, kl.decoder.conv_in.weight)

@@ -1,17 +1,14 @@
 """Stages trained from cached latents: the demo clips cached with the stage's own VAE, then video stages on them.
 
-The cache is made by ``scripts/bench_train.py``'s ``cache_stage_sources`` (the functions of
-``scripts/cache_latents.py`` with the VAE the stage builds and initialises), so the cached and the pixel path train
-the same model; the objective must then see the same latents for the same clip and generator (up to the float16
-the cache stores the posterior moments in).
+The cache is made by ``train.stage_cache.cache_stage_sources`` (``data/latent_cache_writer.py``, as
+``scripts/cache_latents.py`` uses it, with the VAE the stage builds and initialises), so the cached and the pixel
+path train the same model; the objective must then see the same latents for the same clip and generator (up to the
+float16 the cache stores the posterior moments in).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
-import sys
 import tarfile
 from itertools import islice
 from pathlib import Path
@@ -24,35 +21,25 @@ from models.checkpoints import load_state_dict
 from train.builders import build_objective, dataset_config
 from train.module import read_metrics
 from train.run import initialise, run
+from train.stage_cache import cache_stage_sources, stage_vae, with_sources
 
 from .conftest import compose_train
 
-REPO = Path(__file__).resolve().parents[2]
 SCRATCH = ("stage.init.from_stage=null", "stage.init.keep=[unet,first_stage,conditioner]")
-
-
-@functools.cache
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("stage", ["video_pretrain", "img2vid_finetune"])
 def test_a_video_stage_trains_from_cached_latents(stage_overrides, tmp_path, stage):
-    bench = _bench()
     cfg = compose_train(stage_overrides(stage, *SCRATCH, "stage.max_steps=2"))
-    vae = bench.stage_vae(cfg)
-    sources = bench.cache_stage_sources(cfg, tmp_path / "cache", vae=vae)
+    vae = stage_vae(cfg)
+    sources = cache_stage_sources(cfg, tmp_path / "cache", vae=vae)
     shards = [Path(url) for s in sources for url in s["urls"]]
     assert shards and all(p.is_relative_to(tmp_path / "cache") for p in shards)
     for shard in shards:  # no media left: the run can only train on the cached latents
         with tarfile.open(shard) as tar:
             assert {name.split(".", 1)[1] for name in tar.getnames()} == {"json", "txt", "latents.safetensors"}
 
-    assert run(bench.with_sources(cfg, sources)) == 0
+    assert run(with_sources(cfg, sources)) == 0
     folder = tmp_path / "runs" / "demo" / stage
     rows = read_metrics(folder / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and not any(r["skipped"] for r in rows)
@@ -73,15 +60,14 @@ def _first_by_key(cfg, count: int) -> dict[str, dict]:
 
 
 def test_latents_from_the_cache_equal_latents_from_frames(stage_overrides, tmp_path):
-    bench = _bench()
     # A centred window, as the cache cuts it, so both paths see the same frames of each clip.
     cfg = compose_train(stage_overrides("img2vid_finetune", *SCRATCH, "data.start=center"))
     torch.manual_seed(cfg.seed)
     objective = build_objective(cfg)
     initialise(cfg, objective)
     objective.eval()
-    sources = bench.cache_stage_sources(cfg, tmp_path / "cache", vae=objective.model.first_stage)
-    cached = _first_by_key(bench.with_sources(cfg, sources), 3)
+    sources = cache_stage_sources(cfg, tmp_path / "cache", vae=objective.model.first_stage)
+    cached = _first_by_key(with_sources(cfg, sources), 3)
     decoded = _first_by_key(cfg, 6)
     assert len(cached) == 3 and set(cached) <= set(decoded)
 

@@ -11,7 +11,16 @@ import torch
 from torch import nn
 
 from models.checkpoints import save_state_dict
-from models.checkpoints.inflation import is_temporal_key
+from models.checkpoints.components import (
+    DROP_OTHER_KIND,
+    NEW_CONCAT,
+    NEW_LABEL_EMB,
+    NEW_TEMPORAL,
+    NEW_UNUSED,
+    InitReport,
+)
+from models.checkpoints.inflation import is_temporal_unet_key
+from models.checkpoints.layouts import DROP_DENOISER, DROP_EMA, DROP_SCHEDULE
 from models.conditioners import (
     build_tiny_sd21_text_conditioner,
     build_tiny_svd_conditioner,
@@ -22,18 +31,7 @@ from models.diffusion.ddpm_schedule import LDM_SCHEDULE_BUFFER_NAMES, ldm_schedu
 from models.latent_diffusion import LatentDiffusion
 from models.unet import VideoUNet, tiny_unet_spec
 from models.vae import AutoencoderKL, tiny_autoencoder_spec
-from train.init_weights import (
-    DROP_DENOISER,
-    DROP_EMA,
-    DROP_OTHER_KIND,
-    DROP_SCHEDULE,
-    NEW_CONCAT,
-    NEW_LABEL_EMB,
-    NEW_TEMPORAL,
-    NEW_UNUSED,
-    InitReport,
-    load_init_weights,
-)
+from train.init_weights import load_init_weights
 
 U = "model.diffusion_model."
 T = 3
@@ -110,7 +108,7 @@ def test_image_unet_inflates_into_video_unet():
     image = _randomize(t2i(), 2)
     target = t2v()
     report = load_init_weights(target, image.state_dict())
-    temporal = sorted(U + k for k in target.unet.state_dict() if is_temporal_key(k))
+    temporal = sorted(U + k for k in target.unet.state_dict() if is_temporal_unet_key(k))
     assert report.inflation is not None and sorted(report.new[NEW_TEMPORAL]) == temporal and temporal
     assert sorted(report.new[NEW_LABEL_EMB]) == sorted(U + k for k in target.unet.state_dict() if "label_emb" in k)
     spatial = [k for k in image.state_dict() if k in target.state_dict()]

@@ -29,10 +29,16 @@ from models.latent_diffusion import LatentDiffusion
 from models.unet import VideoUNet, tiny_unet_spec
 from models.vae import AutoencoderKL, TemporalAutoencoder, tiny_autoencoder_spec
 from train.callbacks import SampleVideos, log_videos
+from train.config import GenerationSettings
 from train.sampling import eval_mode, grid_factor, prepare_image, sample_video
 
 T, H, W = 2, 16, 24  # the tiny grid is 4 pixels (VAE 2 x UNet 2)
-FAST = dict(num_steps=2, num_frames=T, height=H, width=W)
+FAST = dict(num_frames=T, height=H, width=W, settings=GenerationSettings(num_steps=2))
+
+
+def fast(**settings) -> dict:
+    """FAST with some ``GenerationSettings`` changed."""
+    return {**FAST, "settings": dataclasses.replace(FAST["settings"], **settings)}
 
 
 def tiny_model(task: str) -> LatentDiffusion:
@@ -73,11 +79,11 @@ DENOISER = Denoiser(VScalingWithEDMcNoise())
 
 def test_i2v_is_deterministic_per_seed_and_restores_train_mode(i2v, image):
     i2v.train()
-    video = sample_video(i2v, DENOISER, task="i2v", image=image, seed=3, **FAST)
+    video = sample_video(i2v, DENOISER, task="i2v", image=image, **fast(seed=3))
     assert video.shape == (T, H, W, 3) and video.dtype == torch.uint8
     assert i2v.training and i2v.unet.training and not i2v.first_stage.training
-    assert torch.equal(sample_video(i2v, DENOISER, task="i2v", image=image, seed=3, **FAST), video)
-    assert not torch.equal(sample_video(i2v, DENOISER, task="i2v", image=image, seed=4, **FAST), video)
+    assert torch.equal(sample_video(i2v, DENOISER, task="i2v", image=image, **fast(seed=3)), video)
+    assert not torch.equal(sample_video(i2v, DENOISER, task="i2v", image=image, **fast(seed=4)), video)
 
 
 def test_i2v_uses_the_image_and_its_float_form_matches_uint8(i2v, image):
@@ -97,7 +103,7 @@ def test_t2v_and_t2i_sample_from_prompts():
 
 
 def test_decode_chunk_splits_the_clip_like_sgm(i2v, image):
-    video = sample_video(i2v, DENOISER, task="i2v", image=image, **{**FAST, "num_frames": 3}, decode_chunk=2)
+    video = sample_video(i2v, DENOISER, task="i2v", image=image, **{**fast(decode_chunk=2), "num_frames": 3})
     assert video.shape == (3, H, W, 3)
 
 
@@ -176,7 +182,7 @@ def test_callback_writes_samples_during_and_at_the_end_of_training(tmp_path, i2v
     image_path = tmp_path / "cond.png"
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(image_path)
     module = _Module(i2v, tmp_path / "stage")
-    _fit(module, SampleVideos(2, images=[str(image_path)], num_steps=2, fps=4), max_steps=3)
+    _fit(module, SampleVideos(2, images=[str(image_path)], settings=FAST["settings"], fps=4), max_steps=3)
     names = sorted(p.name for p in (tmp_path / "stage" / "samples").iterdir())
     assert names == [f"step_00000{s}_0.{ext}" for s in (2, 3) for ext in ("gif", "mp4")]
     with av.open(str(tmp_path / "stage" / "samples" / "step_000002_0.mp4")) as container:

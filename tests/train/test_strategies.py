@@ -14,15 +14,13 @@ from pytorch_lightning.strategies import DDPStrategy
 
 from train.checkpointing import replace_path
 from train.strategies import (
-    STRATEGY_NAMES,
     AtomicDeepSpeedStrategy,
-    build_strategy,
     consolidate_deepspeed_checkpoint,
     deepspeed_config,
     remove_stale_tmp_checkpoints,
-    strategy_clips_gradients,
     tmp_checkpoint_path,
 )
+from train.strategy_registry import build_strategy, get_strategy, strategy_clips_gradients, strategy_names
 
 
 def test_zero2_config() -> None:
@@ -91,8 +89,13 @@ def test_config_errors(kwargs: dict, match: str) -> None:
 
 
 def test_names_and_clipping_owner() -> None:
-    assert STRATEGY_NAMES == ("auto", "ddp", "deepspeed_zero2", "deepspeed_zero3")
-    assert [strategy_clips_gradients(n) for n in STRATEGY_NAMES] == [False, False, True, True]
+    names = strategy_names()
+    assert names == ("auto", "ddp", "deepspeed_zero2", "deepspeed_zero3")
+    assert [strategy_clips_gradients(n) for n in names] == [False, False, True, True]
+    assert [get_strategy(n).shards_weights for n in names] == [False, False, False, True]
+    # Single-file checkpoints through the atomic CheckpointIO plugin; DeepSpeed writes (and consolidates) folders.
+    assert [get_strategy(n).checkpoint_io is not None for n in names] == [True, True, False, False]
+    assert [get_strategy(n).consolidate is not None for n in names] == [False, False, True, True]
     with pytest.raises(ValueError, match="deepspeed_zero2"):
         strategy_clips_gradients("fsdp")
     with pytest.raises(ValueError, match="choose one of"):
@@ -336,7 +339,7 @@ def test_consolidate_real_zero_checkpoint(zero_checkpoints: Path, stage: int) ->
     ckpt = zero_checkpoints / f"zero{stage}.ckpt"
     assert (ckpt / "latest").read_text().strip() == "checkpoint"
     reference = torch.load(zero_checkpoints / f"zero{stage}_reference.pt", weights_only=True)
-    state = consolidate_deepspeed_checkpoint(ckpt)
+    state = get_strategy(f"deepspeed_zero{stage}").consolidate(ckpt)  # consolidate_deepspeed_checkpoint
     assert sorted(state) == sorted(reference)
     for key, value in reference.items():
         torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from models.checkpoints import CheckpointSizes, OfficialCheckpointModel, load_state_dict, save_state_dict
-from models.checkpoints.inflation import is_temporal_key
+from models.checkpoints.inflation import is_temporal_unet_key
 from models.vae import TemporalAutoencoder
 from train.builders import autoencoder_spec, clip_arch, unet_spec
 from train.checkpointing import list_checkpoints
@@ -97,7 +97,7 @@ def test_temporal_finetune_changes_only_the_temporal_unet_layers(released, demo_
     path, state = released
     with caplog.at_level(logging.INFO, logger="train.module"):
         export, checkpoint = _finetune(tmp_path, demo_shards, path, "temporal")
-    temporal = [k for k in state if k.startswith(U) and is_temporal_key(k.removeprefix(U))]
+    temporal = [k for k in state if k.startswith(U) and is_temporal_unet_key(k.removeprefix(U))]
     assert temporal and any(k.startswith(U) and k not in temporal for k in state)
 
     # Spatial UNet, VAE (with its temporal decoder) and conditioner: the file's values, bit for bit.
@@ -121,7 +121,7 @@ def test_full_finetune_trains_the_whole_unet_and_keeps_the_vae_and_conditioner(r
     path, state = released
     export, checkpoint = _finetune(tmp_path, demo_shards, path, "all")
     unet = [k for k in state if k.startswith(U)]
-    assert any(not is_temporal_key(k) for k in _moved(export, state, unet))  # spatial layers move too
+    assert any(not is_temporal_unet_key(k) for k in _moved(export, state, unet))  # spatial layers move too
     for key in state.keys() - set(unet):
         assert torch.equal(export[key], state[key]), key
     optimized, ema = _optimized_and_ema(checkpoint)
@@ -140,7 +140,7 @@ def test_temporal_finetune_under_ddp_from_the_command_line(released, demo_shards
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # a hung rank must not outlive the test
     assert proc.returncode == 0, out
-    temporal = [k for k in state if k.startswith(U) and is_temporal_key(k.removeprefix(U))]
+    temporal = [k for k in state if k.startswith(U) and is_temporal_unet_key(k.removeprefix(U))]
     assert f"trainable: {len(temporal)} of " in out
     export = load_state_dict(tmp_path / "default" / "img2vid_finetune" / "export" / "model.safetensors")
     for key in state.keys() - set(temporal):

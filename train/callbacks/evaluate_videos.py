@@ -1,9 +1,11 @@
 """Evaluate a fixed generated set with the EMA weights every ``every_n_steps`` optimizer steps and at the end.
 
-The set is the same at every evaluation: each prompt (t2i, t2v) or conditioning image (i2v) sampled with seeds
-``seed, seed + 1, ...`` (``videos_per_prompt`` of them), so the numbers move with the weights only. Metrics:
+The set is the same at every evaluation: each prompt (text tasks) or conditioning image (image-conditioned tasks)
+sampled with seeds ``seed, seed + 1, ...`` (``videos_per_prompt`` of them), so the numbers move with the weights
+only. Metrics:
 
-* ``eval/clipsim`` (text tasks) or ``eval/clip_image_similarity`` (i2v), and ``eval/clip_consistency`` (video);
+* ``eval/clipsim`` (text tasks) or ``eval/clip_image_similarity`` (image-conditioned tasks), and
+  ``eval/clip_consistency`` (video);
 * with ``features`` "i3d" (``eval/fvd``) or "clip" (``eval/fd_clip``): the Frechet distance to ``num_reference``
   clips from the ``reference`` shards, cut at the stage's frames and size (their statistics are computed once). A
   handful of generated videos gives a noisy, biased estimate: read it as a trend, never as the paper's FVD
@@ -24,8 +26,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 
 from train.callbacks.periodic import PeriodicSampling
+from train.config import EvaluationConfig, GenerationSettings, generation_settings
 from train.evaluation.clip_metrics import ClipScorer, embed_videos, score_frame_embeddings
 from train.evaluation.features import (
     ClipVideoFeatures,
@@ -37,6 +41,7 @@ from train.evaluation.features import (
 from train.evaluation.frechet import FeatureStats, frechet_distance
 from train.evaluation.video_files import iter_shard_clips
 from train.run_folder import EVAL_METRICS_FILE
+from train.tasks import get_task
 
 FEATURES = ("none", "i3d", "clip")
 EVAL_FILE = EVAL_METRICS_FILE  # trimmed on resume and emptied on a fresh start, as metrics.jsonl (train/run_folder.py)
@@ -53,36 +58,18 @@ class EvaluateVideos(PeriodicSampling):
         *,
         prompts: Sequence[str] = (),
         images: Sequence[str] = (),
-        videos_per_prompt: int = 1,
-        num_steps: int = 25,
-        min_cfg: float = 1.0,
-        max_cfg: float = 2.5,
-        fps_id: int = 6,
-        motion_bucket_id: int = 127,
-        cond_aug: float = 0.02,
-        seed: int = 0,
-        decode_chunk: int = 14,
-        clip_arch: str = "ViT-B-32",
-        clip_pretrained: str | None = None,
-        features: str = "none",
-        i3d_path: str | None = None,
+        videos_per_prompt: int = EvaluationConfig.videos_per_prompt,
+        settings: GenerationSettings | None = None,
+        clip_arch: str = EvaluationConfig.clip_arch,
+        clip_pretrained: str | None = EvaluationConfig.clip_pretrained,
+        features: str = EvaluationConfig.features,
+        i3d_path: str | None = EvaluationConfig.i3d_path,
         reference: Sequence[str] = (),
-        num_reference: int = 64,
-        batch_size: int = 8,
+        num_reference: int = EvaluationConfig.num_reference,
+        batch_size: int = EvaluationConfig.batch_size,
     ) -> None:
         super().__init__(
-            every_n_steps,
-            prompts=prompts,
-            images=images,
-            seed=seed,
-            videos_per_prompt=videos_per_prompt,
-            num_steps=num_steps,
-            min_cfg=min_cfg,
-            max_cfg=max_cfg,
-            fps_id=fps_id,
-            motion_bucket_id=motion_bucket_id,
-            cond_aug=cond_aug,
-            decode_chunk=decode_chunk,
+            every_n_steps, prompts=prompts, images=images, settings=settings, videos_per_prompt=videos_per_prompt
         )
         if features not in FEATURES:
             raise ValueError(f"features={features!r} is not valid; choose one of {', '.join(FEATURES)}")
@@ -96,6 +83,13 @@ class EvaluateVideos(PeriodicSampling):
         self._scorer: ClipScorer | None = None
         self._extractor: VideoFeatureExtractor | None = None
         self._reference_stats: tuple[Any, Any] | None = None
+
+    @classmethod
+    def from_config(cls, node: Any) -> EvaluateVideos:
+        """From an ``EvaluationConfig`` node (logger.evaluation): its other keys are constructor arguments."""
+        settings = generation_settings(node)
+        rest = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not hasattr(settings, k)}
+        return cls(**rest, settings=settings)
 
     def _build(self, device: torch.device) -> None:
         if self._scorer is None:
@@ -153,9 +147,9 @@ class EvaluateVideos(PeriodicSampling):
         videos = [v.permute(0, 3, 1, 2).contiguous() for v in samples.videos]  # (T, H, W, 3) -> (T, 3, H, W)
         self._build(pl_module.device)
         assert self._scorer is not None
-        i2v = samples.objective.task == "i2v"
-        texts = None if i2v else [r["prompt"] for r in samples.requests]
-        images = [r["image"] for r in samples.requests] if i2v else None
+        from_image = get_task(samples.objective.task).image_conditioned
+        texts = None if from_image else [r["prompt"] for r in samples.requests]
+        images = [r["image"] for r in samples.requests] if from_image else None
         frames = list(embed_videos(self._scorer, videos))  # (T, D) per video, for the scores and CLIP features
         scores = score_frame_embeddings(self._scorer, frames, prompts=texts, images=images)
         metrics = {f"eval/{k}": v for k, v in scores.summary().items()}

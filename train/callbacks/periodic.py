@@ -1,14 +1,16 @@
 """The part ``SampleVideos`` and ``EvaluateVideos`` share: sampling the stage's objective on a schedule.
 
 A ``PeriodicSampling`` callback runs every ``every_n_steps`` optimizer steps and once more at the end of training
-(unless the last step already ran). Only global rank 0 samples, each prompt (t2i, t2v) or conditioning image (i2v)
-with the EMA weights swapped in when the module has them (``ema_weights``); ``sample_video`` puts the model in eval
-mode and restores it. With sharded strategies (FSDP, DeepSpeed ZeRO-3) rank 0 does not hold the full weights, so
-``train.run`` leaves these callbacks out under ``deepspeed_zero3``: use them with DDP or one device.
+(unless the last step already ran). Only global rank 0 samples, each prompt (text tasks) or conditioning image
+(image-conditioned tasks, ``train.tasks.TaskSpec.sample_input``) with the EMA weights swapped in when the module
+has them (``ema_weights``); ``sample_video`` puts the model in eval mode and restores it. With sharded strategies
+(FSDP, DeepSpeed ZeRO-3) rank 0 does not hold the full weights, so ``train.run`` leaves these callbacks out under
+``deepspeed_zero3``: use them with DDP or one device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -18,9 +20,10 @@ from typing import Any, ClassVar
 import pytorch_lightning as pl
 import torch
 
-from train.conditioning import TASKS
+from train.config import GenerationSettings
 from train.media import read_image
 from train.sampling import sample_video
+from train.tasks import TASKS, get_task
 
 SAMPLING_ATTRS = ("model", "denoiser", "task", "num_frames", "height", "width")
 
@@ -43,8 +46,8 @@ class Samples:
 class PeriodicSampling(pl.Callback):
     """Sample ``prompts`` or ``images`` every ``every_n_steps`` optimizer steps and at the end; subclasses use them.
 
-    Each prompt or image is sampled ``videos_per_prompt`` times with seeds ``seed, seed + 1, ...``; ``sampling``
-    holds the other keyword arguments of ``train.sampling.sample_video`` (steps, guidance, micro-conditioning).
+    Each prompt or image is sampled ``videos_per_prompt`` times with seeds ``settings.seed, settings.seed + 1, ...``
+    and the other ``settings`` (steps, guidance, micro-conditioning) of ``train.sampling.sample_video``.
     """
 
     config_key: ClassVar[str]  # where the train config holds the settings, for the messages
@@ -55,9 +58,8 @@ class PeriodicSampling(pl.Callback):
         *,
         prompts: Sequence[str],
         images: Sequence[str],
-        seed: int,
+        settings: GenerationSettings | None,
         videos_per_prompt: int = 1,
-        **sampling: Any,
     ) -> None:
         super().__init__()
         if every_n_steps < 1:
@@ -66,8 +68,8 @@ class PeriodicSampling(pl.Callback):
             raise ValueError(f"videos_per_prompt={videos_per_prompt}; use at least 1")
         self.every_n_steps = every_n_steps
         self.prompts, self.images = list(prompts), [str(p) for p in images]
-        self.seed, self.videos_per_prompt = seed, videos_per_prompt
-        self.sampling = sampling
+        self.settings = settings if settings is not None else GenerationSettings()
+        self.seed, self.videos_per_prompt = self.settings.seed, videos_per_prompt
         self._last_step = -1
         self._warned: set[str] = set()
 
@@ -87,19 +89,20 @@ class PeriodicSampling(pl.Callback):
             self._warn_once(
                 "objective",
                 f"{type(self).__name__} does nothing: the objective ({type(objective).__name__}, task {task!r}) "
-                f"cannot sample; it needs {', '.join(SAMPLING_ATTRS)} with a task in {TASKS}. "
+                f"cannot sample; it needs {', '.join(SAMPLING_ATTRS)} with a task in {tuple(TASKS)}. "
                 f"Set {self.config_key}.every_n_steps=0 for this stage.",
             )
             return None
         return objective
 
     def _requests(self, task: str) -> list[dict[str, Any]]:
-        if task == "i2v":
+        what = get_task(task).sample_input  # "image" or "prompt"
+        if what == "image":
             requests = [{"image": read_image(path)} for path in self.images]
         else:
             requests = [{"prompt": prompt} for prompt in self.prompts]
         if not requests:
-            key = "images" if task == "i2v" else "prompts"
+            key = f"{what}s"
             self._warn_once(key, f"{type(self).__name__} has no {key} for the {task} task; set {self.config_key}.{key}")
         return [{**r, "seed": self.seed + k} for r in requests for k in range(self.videos_per_prompt)]
 
@@ -122,8 +125,9 @@ class PeriodicSampling(pl.Callback):
                     height=objective.height,
                     width=objective.width,
                     device=pl_module.device,
-                    **request,
-                    **self.sampling,
+                    prompt=request.get("prompt"),
+                    image=request.get("image"),
+                    settings=dataclasses.replace(self.settings, seed=request["seed"]),
                 )
                 for request in requests
             ]

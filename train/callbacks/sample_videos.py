@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from train.callbacks.periodic import PeriodicSampling
+from train.config import GenerationSettings, SamplesConfig, generation_settings
 from train.media import write_gif, write_mp4
 
 
@@ -26,7 +28,8 @@ def log_videos(loggers: Sequence[Logger], videos: Sequence[Path], *, step: int) 
 
 
 class SampleVideos(PeriodicSampling):
-    """Sample ``prompts`` (t2i, t2v) or ``images`` (i2v, paths of image files) with the stage's objective."""
+    """Sample ``prompts`` (text tasks) or ``images`` (image-conditioned tasks, paths of image files) with the stage's
+    objective; ``fps`` is the frame rate of the written files."""
 
     config_key = "logger.samples"
 
@@ -36,32 +39,24 @@ class SampleVideos(PeriodicSampling):
         *,
         prompts: Sequence[str] = (),
         images: Sequence[str] = (),
-        num_steps: int = 25,
-        min_cfg: float = 1.0,
-        max_cfg: float = 2.5,
-        fps_id: int = 6,
-        motion_bucket_id: int = 127,
-        cond_aug: float = 0.02,
-        seed: int = 0,
-        fps: float = 7.0,
-        decode_chunk: int = 14,
+        settings: GenerationSettings | None = None,
+        fps: float = SamplesConfig.fps,
     ) -> None:
-        super().__init__(
-            every_n_steps,
-            prompts=prompts,
-            images=images,
-            seed=seed,
-            num_steps=num_steps,
-            min_cfg=min_cfg,
-            max_cfg=max_cfg,
-            fps_id=fps_id,
-            motion_bucket_id=motion_bucket_id,
-            cond_aug=cond_aug,
-            decode_chunk=decode_chunk,
-        )
+        super().__init__(every_n_steps, prompts=prompts, images=images, settings=settings)
         if fps <= 0:
             raise ValueError(f"fps={fps}; use a positive frame rate for the written files, e.g. 7")
         self.fps = fps
+
+    @classmethod
+    def from_config(cls, node: Any) -> SampleVideos:
+        """From a ``SamplesConfig`` node (logger.samples)."""
+        return cls(
+            node.every_n_steps,
+            prompts=list(node.prompts),
+            images=list(node.images),
+            settings=generation_settings(node),
+            fps=node.fps,
+        )
 
     def sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Path]:
         """Write (and log) one video per prompt or image for the current step; returns the MP4 paths."""

@@ -87,14 +87,7 @@ def read_clip(path: str | os.PathLike[str], spec: ClipSpec, *, rng: np.random.Ge
     stride = stride_for(fps, spec)
     indices, num_padded = clip_indices(len(frames), stride=stride, spec=spec, rng=rng)
     clip = resize_and_crop(frames[torch.tensor(indices)], size=spec.size, crop=spec.crop, rng=rng)
-    return DecodedClip(
-        frames=clip,
-        native_fps=fps,
-        stride=stride,
-        effective_fps=fps / stride,
-        frame_indices=tuple(indices),
-        num_padded=num_padded,
-    )
+    return DecodedClip.from_frames(clip, native_fps=fps, stride=stride, indices=indices, num_padded=num_padded)
 
 
 def iter_file_clips(

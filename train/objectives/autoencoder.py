@@ -18,8 +18,8 @@ from torch import nn
 
 from data.batch import Batch
 from data.transforms import to_model_range
-from models.vae import AutoencoderKL, DiagonalGaussianDistribution, TemporalAutoencoder, is_temporal_key
-from train.objective import Metrics, Objective
+from models.vae import AutoencoderKL, DiagonalGaussianDistribution, TemporalAutoencoder, is_temporal_decoder_key
+from train.objectives.base import Metrics, Objective
 from train.objectives.perceptual import VGGPerceptual
 
 ReconstructionLoss = Literal["l1", "l2"]
@@ -208,7 +208,7 @@ class TemporalDecoderObjective(_ReconstructionObjective):
         for name, param in autoencoder.named_parameters():
             trainable = name.startswith("decoder.") or name.startswith("post_quant_conv.")
             if train_decoder == "temporal":
-                trainable = name.startswith("decoder.") and is_temporal_key(name)
+                trainable = name.startswith("decoder.") and is_temporal_decoder_key(name)
             param.requires_grad_(trainable)
 
     def forward(self, batch: Batch, *, generator: torch.Generator) -> tuple[torch.Tensor, Metrics]:

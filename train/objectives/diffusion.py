@@ -16,8 +16,9 @@ from data.transforms import to_model_range
 from models.diffusion import Denoiser, StandardDiffusionLoss
 from models.latent_diffusion import LatentDiffusion
 from models.vae.distributions import DiagonalGaussianDistribution
-from train.conditioning import CondAugConfig, Task, conditioner_inputs, per_frame
-from train.objective import Metrics, Objective
+from train.conditioning import CondAugConfig, conditioner_inputs, per_frame, sample_cond_aug
+from train.objectives.base import Metrics, Objective
+from train.tasks import get_task
 
 
 class DiffusionObjective(Objective):
@@ -25,7 +26,7 @@ class DiffusionObjective(Objective):
         self,
         model: LatentDiffusion,
         *,
-        task: Task,
+        task: str,
         denoiser: Denoiser,
         loss: StandardDiffusionLoss,
         num_frames: int,
@@ -36,7 +37,7 @@ class DiffusionObjective(Objective):
     ) -> None:
         super().__init__()
         self.model = model
-        self.task = task
+        self.task = get_task(task).name
         self.denoiser = denoiser
         self.loss = loss
         self.num_frames = num_frames
@@ -88,9 +89,9 @@ class DiffusionObjective(Objective):
         x0 = self.latents(batch, generator=generator)
         device = x0.device
         cond_image = cond_aug = None
-        if self.task == "i2v":
+        if get_task(self.task).image_conditioned:
             cond_image = self.cond_image(batch)
-            cond_aug = self.cond_aug.sample(b, generator=generator, device=device)
+            cond_aug = sample_cond_aug(self.cond_aug, b, generator=generator, device=device)
         inputs = conditioner_inputs(
             self.task,
             captions=batch["caption"],

@@ -61,7 +61,7 @@ def demo_scene_frames(
 def indexed_mp4(num_frames: int, *, size: tuple[int, int], fps: float = 24.0) -> bytes:
     """An H.264 mp4 whose frame i is flat grey at level 10 + 6 * i (a decoded frame names its index) with a white
     top-left quadrant (shows the orientation); ``size`` = (width, height)."""
-    from data.demo_data import encode_video
+    from data.video_encode import encode_video
 
     width, height = size
     frames = []

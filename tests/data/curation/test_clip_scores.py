@@ -1,4 +1,5 @@
-"""CLIP scores on a tiny random open_clip model: numerics against direct open_clip calls, aesthetic-head files."""
+"""The curation's CLIP scores (``ClipScoreAnnotator``, embedding through ``models.clip_scorer.ClipScorer``) on a tiny
+random open_clip model: numerics against direct open_clip calls, aesthetic-head files."""
 
 from __future__ import annotations
 
@@ -12,16 +13,21 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from data.curation.clip_scores import AestheticHead, ClipScoreConfig, ClipScorer, load_aesthetic_head
+from data.curation.clip_scores import AestheticHead, ClipScoreAnnotator, ClipScoreConfig, load_aesthetic_head
+from data.curation.config import AnnotateConfig
 from tests.data.curation.annot_fixtures import demo_scene_frames
 
 FRAMES = np.stack([demo_scene_frames(s, speed="static", seconds=0.1, fps=10, size=(96, 64))[0] for s in range(3)])
 CAPTIONS = ["a red circle over a striped background", "news", "a static shot of a square"]
 
 
+def _build(**kw: object) -> ClipScoreAnnotator:
+    return ClipScoreAnnotator(AnnotateConfig(clip=ClipScoreConfig(**kw)))  # type: ignore[arg-type]
+
+
 @functools.cache
-def _scorer(**kw: object) -> ClipScorer:
-    return ClipScorer(ClipScoreConfig(model="tiny", pretrained=None, **kw))  # type: ignore[arg-type]
+def _scorer(**kw: object) -> ClipScoreAnnotator:
+    return _build(model="tiny", pretrained=None, **kw)
 
 
 def _head_state(form: str, dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -38,21 +44,21 @@ def _head_state(form: str, dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def test_embeddings_match_direct_open_clip_calls() -> None:
     scorer = _scorer()
-    images = scorer.embed_images(FRAMES)
+    images = scorer.scorer.embed_images(FRAMES)
     assert images.shape == (3, 32) and torch.allclose(images.norm(dim=-1), torch.ones(3))
     preprocess = open_clip.image_transform(32, is_train=False)  # bicubic short side, centre crop, OpenAI mean/std
     with torch.no_grad():
         x = torch.stack([preprocess(Image.fromarray(f)) for f in FRAMES])
-        expected_img = F.normalize(scorer.model.encode_image(x), dim=-1)
-        expected_txt = F.normalize(scorer.model.encode_text(open_clip.tokenize(CAPTIONS)), dim=-1)
+        expected_img = F.normalize(scorer.scorer.model.encode_image(x), dim=-1)
+        expected_txt = F.normalize(scorer.scorer.model.encode_text(open_clip.tokenize(CAPTIONS)), dim=-1)
     torch.testing.assert_close(images, expected_img)
-    torch.testing.assert_close(scorer.embed_texts(CAPTIONS), expected_txt)
+    torch.testing.assert_close(scorer.scorer.embed_texts(CAPTIONS), expected_txt)
 
 
 def test_clip_similarity_is_the_caption_mean_of_frame_mean_cosines() -> None:
     scorer = _scorer()
     out = scorer.score_clip(FRAMES, CAPTIONS)
-    cos = scorer.embed_texts(CAPTIONS) @ scorer.embed_images(FRAMES).T  # (captions, frames)
+    cos = scorer.scorer.embed_texts(CAPTIONS) @ scorer.scorer.embed_images(FRAMES).T  # (captions, frames)
     assert out["caption_similarities"] == pytest.approx(cos.mean(1).tolist(), abs=1e-6)
     assert out["clip_similarity"] == pytest.approx(float(cos.mean()), abs=1e-6)
     assert out["aesthetic"] is None and out["aesthetic_frames"] is None
@@ -64,12 +70,13 @@ def test_clip_similarity_is_the_caption_mean_of_frame_mean_cosines() -> None:
 
 
 def test_batching_and_seeds() -> None:
-    a = _scorer().embed_images(FRAMES)
-    torch.testing.assert_close(_scorer(batch_size=1).embed_images(FRAMES), a, atol=1e-6, rtol=0)
-    torch.testing.assert_close(_scorer(batch_size=2).embed_texts(CAPTIONS), _scorer().embed_texts(CAPTIONS))
-    fresh = ClipScorer(ClipScoreConfig(model="tiny", pretrained=None))
-    assert torch.equal(fresh.embed_images(FRAMES), a)  # same seed, rebuilt: bit-identical
-    assert not torch.allclose(_scorer(seed=1).embed_images(FRAMES), a)
+    a = _scorer().scorer.embed_images(FRAMES)
+    torch.testing.assert_close(_scorer(batch_size=1).scorer.embed_images(FRAMES), a, atol=1e-6, rtol=0)
+    texts = _scorer().scorer.embed_texts(CAPTIONS)
+    torch.testing.assert_close(_scorer(batch_size=2).scorer.embed_texts(CAPTIONS), texts)
+    fresh = _build(model="tiny", pretrained=None)
+    assert torch.equal(fresh.scorer.embed_images(FRAMES), a)  # same seed, rebuilt: bit-identical
+    assert not torch.allclose(_scorer(seed=1).scorer.embed_images(FRAMES), a)
 
 
 @pytest.mark.parametrize(("form", "suffix"), [("linear", ".pth"), ("linear", ".safetensors"), ("mlp", ".pth")])
@@ -82,9 +89,9 @@ def test_aesthetic_head_files(tmp_path, form: str, suffix: str) -> None:
         save_file(state, str(path))
     head = load_aesthetic_head(path)
     assert (head.form, head.dim) == (form, 32)
-    scorer = ClipScorer(ClipScoreConfig(model="tiny", pretrained=None, aesthetic_head=str(path)))
+    scorer = _build(model="tiny", pretrained=None, aesthetic_head=str(path))
     out = scorer.score_clip(FRAMES, CAPTIONS)
-    emb = scorer.embed_images(FRAMES).double()
+    emb = scorer.scorer.embed_images(FRAMES).double()
     if form == "linear":
         expected = emb @ state["weight"].double().T + state["bias"].double()
     else:  # the LAION MLP has no activations; dropout is off in eval
@@ -116,7 +123,7 @@ def test_aesthetic_head_errors_name_the_file(tmp_path) -> None:
     wrong_dim = tmp_path / "vit_l_head.pth"
     torch.save(_head_state("linear", 768), wrong_dim)
     with pytest.raises(ValueError, match="vit_l_head.pth.*768-d.*32-d"):
-        ClipScorer(ClipScoreConfig(model="tiny", pretrained=None, aesthetic_head=str(wrong_dim)))
+        _build(model="tiny", pretrained=None, aesthetic_head=str(wrong_dim))
     with pytest.raises(ValueError, match="does not exist"):
         load_aesthetic_head(tmp_path / "missing.pth")
     (tmp_path / "head.npy").write_bytes(b"")
@@ -125,16 +132,16 @@ def test_aesthetic_head_errors_name_the_file(tmp_path) -> None:
 
 
 def test_registered_architecture_builds_offline() -> None:
-    scorer = ClipScorer(ClipScoreConfig(model="ViT-B-32", pretrained=None, seed=3))
+    scorer = _build(model="ViT-B-32", pretrained=None, seed=3)
     out = scorer.score_clip(FRAMES[:2], CAPTIONS[:1])
-    assert scorer.embed_images(FRAMES[:1]).shape == (1, 512)
+    assert scorer.scorer.embed_images(FRAMES[:1]).shape == (1, 512)
     assert isinstance(out["clip_similarity"], float) and out["aesthetic"] is None
 
 
 def test_config_errors() -> None:
     with pytest.raises(ValueError, match="no model named"):
-        ClipScorer(ClipScoreConfig(model="ViT-Q-99", pretrained=None))
+        _build(model="ViT-Q-99", pretrained=None)
     with pytest.raises(ValueError, match="caption_reduce"):
         ClipScoreConfig(caption_reduce="median")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not exist"):
-        ClipScorer(ClipScoreConfig(model="tiny", pretrained="/nonexistent/clip.safetensors"))
+        _build(model="tiny", pretrained="/nonexistent/clip.safetensors")

@@ -12,14 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from data.curation.config import CurateConfig, config_from_hydra, register_schema
+from data.curation.config import CurateConfig, compose_config
 from data.curation.runner import run
 from data.demo_data import raw_video_sample, write_shards
 
 ROOT = Path(__file__).resolve().parents[3]
-CONF = ROOT / "conf" / "curate"
 # Small but real: tiny random CLIP, no captioner, percentile filters over the motion/text signals for "pretrain".
 TINY = [
     "models=tiny",
@@ -37,10 +35,7 @@ def write_raw(folder: Path, count: int, *, seed: int = 0, size: tuple[int, int] 
 
 
 def curate_config(raw: Path | str, out: Path, *extra: str) -> CurateConfig:
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        dcfg = compose("curate", overrides=[f"input={raw}", f"out={out}", *TINY, *extra])
-    return config_from_hydra(dcfg)
+    return compose_config([f"input={raw}", f"out={out}", *TINY, *extra])
 
 
 def tree(folder: Path) -> dict[str, bytes]:

@@ -20,12 +20,17 @@ from models.checkpoints.diffusers_pipeline import (
     unet_spec_from_config,
 )
 from models.checkpoints.diffusers_unet import to_diffusers_unet_config
-from models.checkpoints.diffusers_vae import autoencoder_spec_from_config, fold_quant_conv, vae_config
+from models.checkpoints.diffusers_vae import (
+    autoencoder_spec_from_config,
+    fold_quant_conv,
+    to_diffusers_temporal_vae_state_dict,
+    vae_config,
+)
 from models.conditioners import build_open_clip, build_tiny_sd21_text_conditioner, tiny_open_clip_config
 from models.conditioners.open_clip_image import CLIP_MEAN, CLIP_STD
 from models.diffusion import Denoiser, EDMDiscretization, EulerEDMSampler, IdentityGuider, VScalingWithEDMcNoise
 from models.unet import UNetSpec, svd_unet_spec, tiny_unet_spec
-from models.vae import AutoencoderSpec, TemporalAutoencoder, tiny_autoencoder_spec, to_diffusers_temporal_vae_state_dict
+from models.vae import AutoencoderSpec, TemporalAutoencoder, tiny_autoencoder_spec
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from models.checkpoints.diffusers_unet import (
     to_diffusers_unet_config,
     to_diffusers_unet_state_dict,
 )
-from models.unet import TemporalSpec, UNetSpec, VideoUNet, svd_unet_spec
+from models.unet import TemporalSpec, UNetSpec, VideoUNet, svd_unet_spec, tiny_unet_spec
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -21,31 +23,11 @@ B, T, H, W = 2, 3, 8, 8
 # Attention at both levels; attention at level 0 only with 2 ResBlocks per level (plain, attention-free diffusers
 # blocks and an Upsample right after a ResBlock); and three levels, no attention at level 0, transformer depth 2.
 SPECS = {
-    "depth2_three_levels": UNetSpec(
-        model_channels=32,
-        channel_mult=(1, 2, 2),
-        num_res_blocks=1,
-        attention_resolutions=(2, 4),
-        num_head_channels=16,
-        context_dim=64,
-        transformer_depth=2,
+    "depth2_three_levels": replace(
+        tiny_unet_spec(), channel_mult=(1, 2, 2), attention_resolutions=(2, 4), transformer_depth=2
     ),
-    "attn_both_levels": UNetSpec(
-        model_channels=32,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(1, 2),
-        num_head_channels=16,
-        context_dim=64,
-    ),
-    "attn_level0_nrb2": UNetSpec(
-        model_channels=32,
-        channel_mult=(1, 2),
-        num_res_blocks=2,
-        attention_resolutions=(1,),
-        num_head_channels=16,
-        context_dim=64,
-    ),
+    "attn_both_levels": tiny_unet_spec(),
+    "attn_level0_nrb2": replace(tiny_unet_spec(), num_res_blocks=2, attention_resolutions=(1,)),
 }
 
 

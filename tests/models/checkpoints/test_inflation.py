@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from models.checkpoints.inflation import inflate_image_unet, is_temporal_key
+from models.checkpoints.inflation import inflate_image_unet, is_temporal_unet_key
 from models.unet import VideoUNet, tiny_unet_spec
 
 T = 4
@@ -33,7 +33,7 @@ def test_inflation_reports_exactly_the_temporal_keys_and_keeps_the_image_output(
     image = _randomized_image_unet(video_spec.image_only())
     video = VideoUNet(video_spec)
     report = inflate_image_unet(video, image.state_dict())
-    temporal = sorted(k for k in video.state_dict() if is_temporal_key(k))
+    temporal = sorted(k for k in video.state_dict() if is_temporal_unet_key(k))
     assert sorted(report.new_temporal) == temporal and temporal
     assert report.new_other == [] and report.widened == []
 
@@ -44,7 +44,7 @@ def test_inflation_reports_exactly_the_temporal_keys_and_keeps_the_image_output(
 
     # The zeroed layers still learn: after one step the output depends on other frames.
     out_video.square().mean().backward()
-    grads = [p.grad for n, p in video.named_parameters() if is_temporal_key(n) and "mix_factor" not in n]
+    grads = [p.grad for n, p in video.named_parameters() if is_temporal_unet_key(n) and "mix_factor" not in n]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 

@@ -7,13 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from models.vae import (
-    AutoencoderKL,
-    TemporalAutoencoder,
-    tiny_autoencoder_spec,
-    to_diffusers_temporal_vae_state_dict,
-    to_diffusers_vae_state_dict,
-)
+from models.checkpoints.diffusers_vae import to_diffusers_temporal_vae_state_dict, to_diffusers_vae_state_dict
+from models.vae import AutoencoderKL, TemporalAutoencoder, tiny_autoencoder_spec
 
 diffusers = pytest.importorskip("diffusers")
 
