@@ -24,7 +24,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from models.activation_checkpointing import apply_activation_checkpointing
 from models.checkpoints.diffusers_unet import (
@@ -34,6 +33,8 @@ from models.checkpoints.diffusers_unet import (
     to_diffusers_unet_state_dict,
 )
 from models.unet import UNetSpec, VideoUNet, svd_unet_spec
+from train.perf import unet_train_flops
+from train.planner.tracking import measured_peak_bytes
 
 MEM_METHOD = {
     # Cross-checked against glibc mallinfo2 live bytes sampled after every aten op: agrees within 1%. Process RSS
@@ -151,34 +152,12 @@ def peak_memory_bytes(step: Callable[[], None], unet: nn.Module, inp: dict, *, d
     base = sum(p.numel() * p.element_size() for p in unet.parameters())
     base += sum(v.numel() * v.element_size() for v in inp.values())
     unet.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        _sync(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        _sync(device)
-        return base + torch.cuda.max_memory_allocated(device) - before
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    deltas = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in deltas:
-        live += nbytes
-        peak = max(peak, live)
-    return base + peak
+    return measured_peak_bytes(step, baseline=base, device=device)
 
 
 def svd_flops(*, frames: int = 14, latent_hw: tuple[int, int] = (72, 128)) -> tuple[int, int]:
     """(forward, backward) FLOPs of the full SVD UNet for one video, counted on the meta device."""
-    with torch.device("meta"):
-        unet = VideoUNet(svd_unet_spec())
-        x = torch.randn(frames, 8, *latent_hw)
-        t, context, y = torch.randn(frames), torch.randn(frames, 1, 1024), torch.randn(frames, 768)
-    with FlopCounterMode(display=False) as fwd:
-        out = unet(x, t, context, y, num_video_frames=frames)
-    with FlopCounterMode(display=False) as bwd:
-        out.float().square().mean().backward()
-    return fwd.get_total_flops(), bwd.get_total_flops()
+    return unet_train_flops(svd_unet_spec(), frames=frames, latent_hw=latent_hw)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """Benchmark a stage's training throughput: pixels (decode + VAE encode every step) against cached latents.
 
 Runs the real training loop (``train.run.run``: ``StageModule`` + Lightning ``Trainer`` + ``StreamDataModule``)
-twice in one process on the same clips, for ``--warmup + --steps`` optimizer steps each:
+in one process on the same clips, ``--warmup + --steps`` optimizer steps a run, the two modes alternating (pixels,
+cached, pixels, cached, ... ``--repeats`` runs of each, so a slow spell of a shared machine hits both):
 
 - ``pixels``: the data pipeline decodes the clips and the objective encodes them with the frozen VAE every step;
 - ``cached``: the same clips first cached with the stage's own VAE (``train/stage_cache.py``, the library functions
@@ -9,20 +10,22 @@ twice in one process on the same clips, for ``--warmup + --steps`` optimizer ste
   model), then the stage's ``data.sources`` pointed at the cached shards.
 
 Prints ONE JSON line: ``pixels_samples_per_s``, ``cached_samples_per_s`` and ``cached_over_pixels`` (steady state:
-batch size / median step time over the steps after ``--warmup``; the step time is StageModule's per-step
-``train/samples_per_s``, which spans data wait, forward, backward, AdamW, EMA and logging), the same from the mean
-step time (``*_mean``: samples over the summed time, so data stalls and CPU contention weigh in), the per-step
-times, the caching time, and FLOPs per sample counted as ``scripts/bench_model.py`` counts them
-(``FlopCounterMode`` on the meta device; here for the stage's own UNet spec at the stage's latent size, plus the VAE
-encoder's forward). ``mfu`` = UNet training FLOP/s achieved / peak FLOP/s, with the peak from ``--peak-tflops`` or,
-on CUDA, a table of dense bf16 peaks; null when the peak is unknown (CPU without ``--peak-tflops``).
+batch size / median step time over the steps after ``--warmup`` of all runs of the mode; the step time is
+StageModule's per-step ``train/samples_per_s``, which spans data wait, forward, backward, AdamW, EMA and logging),
+the same from the mean step time (``*_mean``: samples over the summed time, so data stalls and CPU contention weigh
+in), each repeat's pair side by side (``*_samples_per_s_by_repeat``, ``cached_over_pixels_by_repeat`` and their
+median ``cached_over_pixels_median_of_repeats``), the per-step times (runs in order), the caching time, and FLOPs
+per sample counted as ``scripts/bench_model.py`` counts them (``train.perf``: ``FlopCounterMode`` on the meta
+device; here for the stage's own UNet spec at the stage's latent size, plus the VAE encoder's forward). ``mfu`` =
+UNet training FLOP/s achieved / peak FLOP/s, with the peak from ``--peak-tflops`` or, on CUDA, the dense bf16 peaks
+of ``train.perf.PEAK_BF16_TFLOPS``; null when the peak is unknown (CPU without ``--peak-tflops``).
 
 Usage: ``python scripts/bench_train.py [--stage video_pretrain] [--overrides key=value ...] [--steps 8]
-[--warmup 2] [--device cpu|cuda] [--peak-tflops X] [--threads N] [--data DATA_ROOT]``. Defaults: ``experiment=demo``
-(tiny networks, 64x96, 8 frames, batch 4, 2 decoding workers; about 40 s on one CPU thread) trained from scratch
-(``stage.init.from_stage=null``, ``stage.init.keep=[unet,first_stage,conditioner]``), on demo shards written to a
-temporary folder unless ``--data`` names a data root (``paths.data_root``). On a GPU: ``--device cuda --experiment
-none --overrides model=svd data.sources=... ...`` (bf16-mixed).
+[--warmup 2] [--repeats 3] [--device cpu|cuda] [--peak-tflops X] [--threads N] [--data DATA_ROOT]``. Defaults:
+``experiment=demo`` (tiny networks, 64x96, 8 frames, batch 4, 2 decoding workers; about 2 minutes on one CPU
+thread) trained from scratch (``stage.init.from_stage=null``, ``stage.init.keep=[unet,first_stage,conditioner]``),
+on demo shards written to a temporary folder unless ``--data`` names a data root (``paths.data_root``). On a GPU:
+``--device cuda --experiment none --overrides model=svd data.sources=... ...`` (bf16-mixed).
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.unet import VideoUNet
-from train.builders import build_first_stage, unet_spec
+from train.builders import build_first_stage
 from train.config import register_configs
+from train.perf import peak_bf16_tflops, stage_unet_train_flops
 from train.run import run
 from train.stage_cache import cache_stage_sources, stage_vae, with_sources
 
@@ -59,8 +62,6 @@ FLOPS_METHOD = (
     "spec, one sample (num_frames frames) at the stage's latent size, forward + backward; mfu counts these UNet "
     "FLOPs only (the frozen VAE encode of the pixel path is reported apart and not counted as useful work)"
 )
-# Dense bf16 tensor-core peaks (TFLOP/s) by device-name substring, used when --peak-tflops is not given.
-PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 BENCH_KEYS = (
     "stage.init.from_stage=null",
     "stage.init.keep=[unet,first_stage,conditioner]",
@@ -73,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides (after the bench's own)")
     p.add_argument("--experiment", default="demo", help="conf/experiment/ name ('none' for no experiment)")
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per mode")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per mode first (>= 1)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each run (>= 1)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each mode, alternating pixels and cached")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s of the device for the MFU")
     p.add_argument(
@@ -86,8 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=None, help="paths.data_root (default: demo shards in a temp dir)")
     p.add_argument("--cache-batch-size", type=int, default=16, help="frames per VAE forward when caching")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        p.error("need --steps >= 1 and --warmup >= 1 (the first step has no previous step to time against)")
+    if args.steps < 1 or args.warmup < 1 or args.repeats < 1:
+        p.error("need --steps, --repeats >= 1 and --warmup >= 1 (the first step has no previous step to time against)")
     return args
 
 
@@ -137,45 +139,31 @@ def read_step_rates(stage_folder: Path) -> list[float]:
     return [float(r["train/samples_per_s"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
 
 
-def timed_run(cfg: DictConfig, *, warmup: int) -> dict[str, Any]:
-    """Train the stage; samples/s over the steps after ``warmup`` and the per-step seconds."""
-    start = time.perf_counter()
+def timed_run(cfg: DictConfig, *, warmup: int) -> list[float]:
+    """Train the stage; the seconds of each step after ``warmup``."""
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
         code = run(cfg)
-    total = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(f"the {cfg.paths.run_name} run stopped with exit code {code}; see the log above")
     rates = read_step_rates(Path(cfg.paths.root) / cfg.paths.run_name / cfg.stage.name)
     timed = rates[warmup:]
     if not timed or any(not math.isfinite(r) or r <= 0 for r in timed):
         raise RuntimeError(f"expected {cfg.stage.max_steps} finite step rates in the CSV log, got {rates}")
-    batch = cfg.data.batch_size
-    seconds = [batch / r for r in timed]
+    return [cfg.data.batch_size / r for r in timed]
+
+
+def summary(runs: list[list[float]], *, batch: int) -> dict[str, Any]:
+    """One mode's figures from the step seconds of each of its runs: median and mean over all steps, and each
+    run's own steady rate."""
+    seconds = [s for r in runs for s in r]
     median = statistics.median(seconds)
     return {
         "samples_per_s": batch / median,
         "samples_per_s_mean": batch * len(seconds) / sum(seconds),
         "step_s_median": median,
         "step_times_s": [round(s, 4) for s in seconds],
-        "run_seconds": total,
+        "by_repeat": [batch / statistics.median(r) for r in runs],
     }
-
-
-def unet_train_flops(cfg: Any) -> tuple[int, int]:
-    """(forward, backward) FLOPs of the stage's UNet for one sample at the stage's size (bench_model's method)."""
-    spec = unet_spec(cfg)
-    down = 2 ** (len(cfg.model.autoencoder.ch_mult) - 1)
-    frames, h, w = cfg.stage.num_frames, cfg.stage.height // down, cfg.stage.width // down
-    with torch.device("meta"):
-        unet = VideoUNet(spec)
-        x = torch.randn(frames, spec.in_channels, h, w)
-        t, context = torch.randn(frames), torch.randn(frames, 1, spec.context_dim)
-        y = torch.randn(frames, spec.adm_in_channels) if spec.adm_in_channels else None
-    with FlopCounterMode(display=False) as fwd:
-        out = unet(x, t, context, y, num_video_frames=frames)
-    with FlopCounterMode(display=False) as bwd:
-        out.float().square().mean().backward()
-    return fwd.get_total_flops(), bwd.get_total_flops()
 
 
 def vae_encode_flops(cfg: Any) -> int:
@@ -191,12 +179,8 @@ def vae_encode_flops(cfg: Any) -> int:
 def peak_flops(args: argparse.Namespace) -> float | None:
     if args.peak_tflops is not None:
         return args.peak_tflops * 1e12
-    if args.device == "cuda":
-        name = torch.cuda.get_device_name()
-        for key, tflops in PEAK_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12
-    return None
+    tflops = peak_bf16_tflops(torch.cuda.get_device_name()) if args.device == "cuda" else None
+    return None if tflops is None else tflops * 1e12
 
 
 def demo_data_root(folder: Path) -> Path:
@@ -224,18 +208,27 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         tmp_path = Path(tmp)
         data_root = args.data if args.data is not None else demo_data_root(tmp_path / "demo_data")
         runs = tmp_path / "runs"
-        pixels_cfg = bench_config(args, root=runs, data_root=data_root, mode="pixels")
-        cached_cfg = bench_config(args, root=runs, data_root=data_root, mode="cached")
-        pixels = timed_run(pixels_cfg, warmup=args.warmup)
+
+        def config(mode: str, repeat: int) -> DictConfig:
+            return bench_config(args, root=runs, data_root=data_root, mode=f"{mode}_{repeat}")
+
+        pixels_cfg = config("pixels", 0)
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):
-            vae = stage_vae(cached_cfg)
+            vae = stage_vae(pixels_cfg)  # the cached mode's stage is the same stage: same VAE
             sources = cache_stage_sources(
-                cached_cfg, tmp_path / "cache", vae=vae, device=args.device, batch_size=args.cache_batch_size
+                pixels_cfg, tmp_path / "cache", vae=vae, device=args.device, batch_size=args.cache_batch_size
             )
         cache_seconds = time.perf_counter() - start
-        cached = timed_run(with_sources(cached_cfg, sources), warmup=args.warmup)
-    fwd, bwd = unet_train_flops(pixels_cfg)
+        seconds: dict[str, list[list[float]]] = {"pixels": [], "cached": []}
+        for repeat in range(args.repeats):  # alternate, so a slow spell of the machine hits both modes
+            seconds["pixels"].append(timed_run(config("pixels", repeat), warmup=args.warmup))
+            cached_cfg = with_sources(config("cached", repeat), sources)
+            seconds["cached"].append(timed_run(cached_cfg, warmup=args.warmup))
+    batch = int(pixels_cfg.data.batch_size)
+    pixels, cached = (summary(seconds[mode], batch=batch) for mode in ("pixels", "cached"))
+    fwd, bwd = stage_unet_train_flops(pixels_cfg)
+    by_repeat = [c / p for p, c in zip(pixels["by_repeat"], cached["by_repeat"], strict=True)]
     peak = peak_flops(args)
 
     def mfu(samples_per_s: float) -> float | None:
@@ -254,6 +247,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "cached_step_s_median": round(cached["step_s_median"], 4),
         "pixels_step_times_s": pixels["step_times_s"],
         "cached_step_times_s": cached["step_times_s"],
+        "repeats": args.repeats,
+        "order": "pixels, cached, pixels, cached, ... (one run of each per repeat)",
+        "pixels_samples_per_s_by_repeat": [round(v, 4) for v in pixels["by_repeat"]],
+        "cached_samples_per_s_by_repeat": [round(v, 4) for v in cached["by_repeat"]],
+        "cached_over_pixels_by_repeat": [round(v, 4) for v in by_repeat],
+        "cached_over_pixels_median_of_repeats": round(statistics.median(by_repeat), 4),
         "cache_seconds": round(cache_seconds, 3),
         "cached_shards": sum(len(s["urls"]) for s in sources),
         "unet_fwd_flops_per_sample": fwd,

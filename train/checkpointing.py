@@ -276,6 +276,8 @@ class PeriodicCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
+        if getattr(pl_module, "mid_accumulation", False):  # between micro-batches: gradients are not saved
+            return
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_saved:
             self.save(trainer)
 

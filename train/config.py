@@ -224,6 +224,7 @@ class DataConfig:
     on_short: str = "skip"
     shuffle_buffer: int = 100
     filters: list[FilterSchema] = field(default_factory=list)
+    global_batch_size: int | None = None  # samples per optimizer step, all ranks: sets trainer.accumulate_grad_batches
     key_list: str | None = None  # keep only the keys listed in this file (a curation subset's keys.txt)
     caption_probabilities: dict[str, float] = field(default_factory=lambda: {"coca": 0.5, "vblip": 0.25, "llm": 0.25})
     caption_fallback_fields: list[str] = field(default_factory=lambda: ["caption"])
@@ -240,6 +241,7 @@ class TrainerConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1  # micro-batches per optimizer step (or derived from data.global_batch_size)
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 1000
     keep_checkpoints: int = 2

@@ -7,7 +7,8 @@ logging. A skipped step (a NaN/inf loss or gradient; under DeepSpeed, a step its
 advances nothing: no optimizer step, no lr-schedule step, no EMA update. The randomness of a step comes from a
 generator seeded by (seed, rank, batches seen), so a resumed run draws exactly what the uninterrupted run drew;
 ``batches_seen`` travels in the checkpoint. So does ``run_id``, new at a fresh start, which the stage export carries
-too (``train.export.check_export_run_id``).
+too (``train.export.check_export_run_id``). With gradient accumulation (``train/accumulation.py``) a step is k
+micro-batches: each runs its backward, the last one does the rest; checkpoints are written between steps only.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import nn
 from data.stream_state import STREAM_KEY
 from models.checkpoints.inflation import is_temporal_unet_key
 from models.latent_diffusion import UNET_PREFIX
+from train.accumulation import hold_lightning_step, mean_of_micro_batches, micro_batch_backward, uncount_optimizer_step
 from train.config import TRAINABLE_LAYERS, EMASchema, OptimConfig, StageConfig, TrainConfig, TrainerConfig
 from train.ema import EMA
 from train.objectives.base import Objective
@@ -54,6 +56,7 @@ class OptimSettings:
 class LoopSettings:
     seed: int = TrainConfig.seed
     gradient_clip_val: float | None = TrainerConfig.gradient_clip_val
+    accumulate_grad_batches: int = TrainerConfig.accumulate_grad_batches  # resolved: train.accumulation
     clip_in_strategy: bool = False  # DeepSpeed clips inside its engine (its config carries the value)
     max_consecutive_nonfinite: int = TrainerConfig.max_consecutive_nonfinite
     ema_decay: float | None = EMASchema.decay  # None disables the EMA
@@ -149,6 +152,7 @@ class StageModule(pl.LightningModule):
         if loop.ema_decay is not None:
             self.ema = EMA(objective.named_trainable_parameters(), decay=loop.ema_decay, warmup=loop.ema_warmup)
         self.batches_seen = 0
+        self._pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []  # this step's micro-batches so far
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.stop_reason: str | None = None
@@ -232,14 +236,6 @@ class StageModule(pl.LightningModule):
             handle.remove()
         assert fired, f"debug.nonfinite_grad_at: {name} got no gradient, so no fault was injected"
 
-    def _uncount_optimizer_step(self) -> None:
-        """Take back the optimizer step Lightning counted for an ``opt.step()`` DeepSpeed did not apply, so that
-        ``global_step`` (max_steps, checkpoint names, the step in the metrics) counts applied steps only."""
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        for tracker in (progress.total, progress.current):
-            tracker.ready -= 1
-            tracker.completed -= 1
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         stream_info = batch.pop(STREAM_KEY, None)
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -250,12 +246,23 @@ class StageModule(pl.LightningModule):
         self.batches_seen += 1
         if index in self.loop.nonfinite_loss_at:
             loss = loss * float("nan")
-        opt = self.optimizers()
-        skipped = not self._all_finite(loss)
-        grad_norm = torch.tensor(float("nan"))
+        k = self.loop.accumulate_grad_batches
+        self._pending.append((loss.detach(), metrics))
+        boundary = len(self._pending) == k
+        # One batch a step: a non-finite loss (all ranks agree) skips the backward. Accumulating: every micro-batch
+        # runs its backward (the last one all-reduces, on every rank); the checks at the step catch a NaN in any.
+        skipped = k == 1 and not self._all_finite(loss)
         if not skipped:
             with self._nonfinite_grad_injected(index):
-                self.manual_backward(loss)
+                micro_batch_backward(self, loss, k=k, boundary=boundary)
+        if not boundary:
+            hold_lightning_step(self.trainer)
+            return loss.detach()
+        loss, metrics = mean_of_micro_batches(self._pending)
+        self._pending = []
+        opt = self.optimizers()
+        grad_norm = torch.tensor(float("nan"))
+        if not skipped:
             if self.loop.clip_in_strategy:
                 # DeepSpeed's gradients live in its engine: it checks them inside step() and skips the update on a
                 # NaN/inf, so its verdict comes after the step (the norm is all-reduced, the flag agreed anyway).
@@ -263,10 +270,11 @@ class StageModule(pl.LightningModule):
                 grad_norm = self._strategy_grad_norm()
                 skipped = not self._all_finite(grad_norm)
                 if skipped:
-                    self._uncount_optimizer_step()
+                    uncount_optimizer_step(self.trainer)
             else:
                 grad_norm = self._grad_norm()
-                skipped = not self._all_finite(grad_norm)
+                checked = grad_norm if k == 1 else torch.stack([grad_norm.float(), loss.float()])
+                skipped = not self._all_finite(checked)
                 if not skipped:
                     opt.step()
         opt.zero_grad(set_to_none=True)
@@ -281,6 +289,16 @@ class StageModule(pl.LightningModule):
             self.nonfinite_in_a_row = 0
         self._log_step(loss.detach(), grad_norm, metrics, batch, skipped=skipped)
         return loss.detach()
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Micro-batches per optimizer step (``AtomicDeepSpeedStrategy`` gives it to DeepSpeed's engine)."""
+        return self.loop.accumulate_grad_batches
+
+    @property
+    def mid_accumulation(self) -> bool:
+        """Between the micro-batches of one optimizer step: a checkpoint now would lose the gradients so far."""
+        return bool(self._pending)
 
     def _on_nonfinite(self, loss: torch.Tensor, index: int) -> None:
         self.nonfinite_in_a_row += 1
@@ -314,7 +332,9 @@ class StageModule(pl.LightningModule):
         skipped: bool,
     ) -> None:
         now = time.perf_counter()
-        batch_size = int(batch["image_only_indicator"].shape[0]) * self.trainer.world_size
+        batch_size = (
+            int(batch["image_only_indicator"].shape[0]) * self.trainer.world_size * self.accumulate_grad_batches
+        )
         rate = batch_size / (now - self._last_time) if self._last_time is not None else float("nan")
         self._last_time = now
         values = {
@@ -339,6 +359,7 @@ class StageModule(pl.LightningModule):
 
     # ----- checkpoint state ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        assert not self.mid_accumulation, "checkpoints are written at optimizer steps only (they hold no gradients)"
         checkpoint["run_id"] = self.run_id
         checkpoint["stage_loop"] = {
             "batches_seen": self.batches_seen,

@@ -50,6 +50,8 @@ class PreemptionCheckpoint(pl.Callback):
         return bool(flag.item() > 0)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if getattr(pl_module, "mid_accumulation", False):  # at the next optimizer step (all ranks are at the same)
+            return
         if not self._any_rank_signalled(trainer, pl_module.device) or trainer.global_step >= (trainer.max_steps or 0):
             return
         path = self.checkpoints.save(trainer)

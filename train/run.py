@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+from train.accumulation import accumulation_steps
 from train.builders import build_objective, dataset_config
 from train.checkpointing import DiskFullError, PeriodicCheckpoint, RunFolderError
 from train.config import validate
@@ -190,6 +191,13 @@ def fit_stage(cfg: DictConfig, folder: Path, resume: Path | None) -> int:
         initialise(cfg, objective)
     else:
         print(f"[resume] {resume}", flush=True)
+    trainer = build_trainer(cfg, folder)
+    accumulation = accumulation_steps(
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        global_batch_size=cfg.data.global_batch_size,
+        batch_size=cfg.data.batch_size,
+        world_size=trainer.num_nodes * trainer.num_devices,
+    )
     module = StageModule(
         objective,
         optim=OptimSettings(
@@ -202,6 +210,7 @@ def fit_stage(cfg: DictConfig, folder: Path, resume: Path | None) -> int:
         loop=LoopSettings(
             seed=cfg.seed,
             gradient_clip_val=cfg.trainer.gradient_clip_val,
+            accumulate_grad_batches=accumulation,
             clip_in_strategy=strategy_clips_gradients(cfg.strategy.name),
             max_consecutive_nonfinite=cfg.trainer.max_consecutive_nonfinite,
             ema_decay=cfg.stage.ema.decay if cfg.stage.ema.enabled else None,
@@ -222,7 +231,6 @@ def fit_stage(cfg: DictConfig, folder: Path, resume: Path | None) -> int:
         num_workers=cfg.data.num_workers,
         pin_memory=cfg.data.pin_memory,
     )
-    trainer = build_trainer(cfg, folder)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     if module.stop_reason:
         print(f"[stopped] {module.stop_reason}", file=sys.stderr, flush=True)

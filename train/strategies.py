@@ -14,6 +14,7 @@ every rank is done, and ``consolidate_deepspeed_checkpoint`` turns it into one f
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import uuid
 from datetime import timedelta
@@ -28,6 +29,7 @@ from train.checkpointing import OLD_MARK, TMP_MARK, remove_path, replace_path
 
 DEEPSPEED_PRECISIONS: tuple[str, ...] = ("bf16-mixed", "bf16-true", "16-mixed", "32-true")
 CUDA_ACCELERATORS: tuple[str, ...] = ("gpu", "cuda")
+log = logging.getLogger(__name__)
 _INSTALL_HINT = "install it with pip install '.[deepspeed]' (or pip install deepspeed)"
 # Lightning >= 2.1 hands the LightningModule itself to DeepSpeed; older checkpoints carry the wrapper's prefix.
 _WRAPPER_PREFIX = "_forward_module."
@@ -63,10 +65,10 @@ def deepspeed_config(
 ) -> dict[str, Any]:
     """The DeepSpeed JSON config for ZeRO ``stage`` 2 or 3 (https://www.deepspeed.ai/docs/config-json/).
 
-    ``train_micro_batch_size_per_gpu`` (throughput logging only) and ``gradient_accumulation_steps`` are left to
-    Lightning, which fills them from the train loader and the Trainer. Lightning reads the batch size from
-    ``loader.batch_sampler.batch_size``, which fails for a loader built with ``batch_size=None`` (WebDataset batches
-    inside the dataset): pass ``micro_batch_size`` then.
+    ``train_micro_batch_size_per_gpu`` (throughput logging only) is left to Lightning, which fills it from the train
+    loader; ``gradient_accumulation_steps`` is the LightningModule's (``AtomicDeepSpeedStrategy``). Lightning reads
+    the batch size from ``loader.batch_sampler.batch_size``, which fails for a loader built with ``batch_size=None``
+    (WebDataset batches inside the dataset): pass ``micro_batch_size`` then.
     """
     if stage not in (2, 3):
         raise ValueError(f"ZeRO stage {stage} is not supported; use 2 (deepspeed_zero2) or 3 (deepspeed_zero3)")
@@ -138,12 +140,16 @@ def build_deepspeed(
     timeout_s: int,
     offload_optimizer: bool,
     offload_params: bool,
+    strategy_class: type[AtomicDeepSpeedStrategy] | None = None,
     **config_options: Any,
 ) -> AtomicDeepSpeedStrategy:
     """``deepspeed_zero2`` / ``deepspeed_zero3``: ``AtomicDeepSpeedStrategy`` with ``deepspeed_config(stage, ...)``
     (``config_options``: its bucket sizes and ``micro_batch_size``). DeepSpeed clips the gradients
-    (``gradient_clipping`` from ``gradient_clip_val``)."""
-    if not _uses_cuda(accelerator):
+    (``gradient_clipping`` from ``gradient_clip_val``). ``strategy_class`` replaces ``AtomicDeepSpeedStrategy`` by a
+    subclass (the tests' CPU one, ``tests/train/cpu_deepspeed.py``); its ``requires_cuda`` says whether CUDA is a
+    must."""
+    strategy_class = strategy_class or AtomicDeepSpeedStrategy
+    if strategy_class.requires_cuda and not _uses_cuda(accelerator):
         raise ValueError(
             f"DeepSpeed needs CUDA but accelerator is {accelerator!r}; use strategy ddp on CPU, "
             f"or accelerator gpu on a CUDA machine"
@@ -157,7 +163,7 @@ def build_deepspeed(
         **config_options,
     )
     _import_deepspeed(f"strategy 'deepspeed_zero{stage}'")
-    return AtomicDeepSpeedStrategy(config=config, timeout=timedelta(seconds=timeout_s))
+    return strategy_class(config=config, timeout=timedelta(seconds=timeout_s))
 
 
 def tmp_checkpoint_path(filepath: str | os.PathLike[str], token: str) -> Path:
@@ -183,12 +189,66 @@ def remove_stale_tmp_checkpoints(filepath: str | os.PathLike[str]) -> list[Path]
     return stale
 
 
+def frozen_scalars_as_buffers(module: torch.nn.Module) -> list[str]:
+    """Turn every frozen 0-dim parameter of ``module`` into a buffer of the same name, tensor and dtype; returns the
+    state-dict names of those turned.
+
+    DeepSpeed 0.19.8 broadcasts parameters as bytes (``p.data.view(torch.uint8)``: the engine's ``_broadcast_model``,
+    ZeRO-3's partitioning), which raises on a 0-dim tensor, so no engine could be built for our models (the CLIP
+    towers' frozen ``logit_scale``). A buffer is neither broadcast nor partitioned, and it is in the state dict under
+    the same key with the same shape and values, so checkpoints and exports keep their keys, shapes and bytes; a
+    frozen parameter was never in the optimizer. A trainable 0-dim parameter is a ValueError.
+    """
+    turned: list[str] = []
+    for prefix, owner in module.named_modules():
+        for name, param in list(owner._parameters.items()):
+            if param is None or param.dim() != 0:
+                continue
+            full = f"{prefix}.{name}" if prefix else name
+            if param.requires_grad:
+                raise ValueError(
+                    f"DeepSpeed cannot broadcast the trainable 0-dim parameter {full}; give it shape (1,), or freeze it"
+                )
+            del owner._parameters[name]
+            owner.register_buffer(name, param.detach())
+            turned.append(full)
+    return turned
+
+
 class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
     """``DeepSpeedStrategy`` whose checkpoint folder appears under its final name only once every rank wrote it.
 
     A kill during a save leaves the previous checkpoint of that name (and every other one) loadable. Assumes the
     checkpoint folder is on a filesystem shared by all ranks and DeepSpeed's default synchronous checkpoint engine.
+    Before the engine is built, frozen 0-dim parameters become buffers (``frozen_scalars_as_buffers``); after a
+    ZeRO-3 load the gathered parameters are released (a DeepSpeed resume bug, see ``load_checkpoint``).
     """
+
+    requires_cuda = True  # only a test subclass on DeepSpeed's CPU accelerator says otherwise
+
+    def _setup_model_and_optimizer(self, model: Any, optimizer: Any, lr_scheduler: Any = None) -> Any:
+        turned = frozen_scalars_as_buffers(model)
+        if turned:
+            log.info("frozen 0-dim parameters kept as buffers for DeepSpeed (same state-dict keys): %s", turned)
+        return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only)
+        if self.zero_stage_3:
+            # DeepSpeed 0.19.8: a ZeRO-3 load leaves parameters gathered, so the fetch trace recorded in the first step
+            # after it does not match the next step ("tracing error ... expected the next N parameters in the
+            # parameter fetch queue", deepspeedai/DeepSpeed#3599) and the resumed run dies at its second step.
+            # Releasing them gives the first step the state every later step starts from.
+            self.deepspeed_engine.empty_partition_cache()
+        return checkpoint
+
+    def _format_batch_size_and_grad_accum_config(self) -> None:
+        # Lightning fills gradient_accumulation_steps from Trainer(accumulate_grad_batches), which must be 1 under
+        # manual optimization; the LightningModule accumulates itself (train/accumulation.py) and calls the engine's
+        # backward and step on every micro-batch, so the engine is told its count and finds the boundary itself.
+        self.config.pop("gradient_accumulation_steps", None)
+        super()._format_batch_size_and_grad_accum_config()
+        self.config["gradient_accumulation_steps"] = int(getattr(self.lightning_module, "accumulate_grad_batches", 1))
 
     def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any | None = None) -> None:
         final = Path(self.broadcast(str(filepath)))

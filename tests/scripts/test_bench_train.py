@@ -1,4 +1,5 @@
-"""scripts/bench_train.py in process with very few steps: one JSON line with both modes' figures."""
+"""scripts/bench_train.py in process with very few steps: one JSON line with both modes' figures, the modes
+alternating over the repeats."""
 
 from __future__ import annotations
 
@@ -16,13 +17,27 @@ def _script() -> ModuleType:
     return load_script("bench_train")
 
 
-def test_bench_prints_one_json_line_with_both_modes(capsys):
-    argv = ["--steps", "2", "--warmup", "1", "--peak-tflops", "0.5", "--overrides", *TINY]
-    assert _script().main(argv) == 0
+def test_bench_prints_one_json_line_with_both_modes(capsys, monkeypatch):
+    script, order = _script(), []
+    timed_run = script.timed_run
+
+    def recorded(cfg, **kwargs):
+        order.append(cfg.paths.run_name)
+        return timed_run(cfg, **kwargs)
+
+    monkeypatch.setattr(script, "timed_run", recorded)
+    argv = ["--steps", "1", "--warmup", "1", "--repeats", "2", "--peak-tflops", "0.5", "--overrides", *TINY]
+    assert script.main(argv) == 0
+    assert order == ["pixels_0", "cached_0", "pixels_1", "cached_1"]
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert result["stage"] == "video_pretrain" and result["loop"].startswith("trainer:")
+    assert result["repeats"] == 2 and result["order"].startswith("pixels, cached, pixels")
+    pairs = zip(result["pixels_samples_per_s_by_repeat"], result["cached_samples_per_s_by_repeat"], strict=True)
+    ratios = [c / p for p, c in pairs]
+    assert result["cached_over_pixels_by_repeat"] == pytest.approx(ratios, rel=1e-3) and len(ratios) == 2
+    assert result["cached_over_pixels_median_of_repeats"] == pytest.approx(sum(ratios) / 2, rel=1e-3)
     for mode in ("pixels", "cached"):
         assert result[f"{mode}_samples_per_s"] > 0
         assert len(result[f"{mode}_step_times_s"]) == 2 and result[f"{mode}_step_s_median"] > 0

@@ -40,18 +40,23 @@ def demo_shards(tmp_path_factory) -> Path:
     return out
 
 
+def tiny_stage_overrides(stage: str, *extra: str, root: Path, data_root: Path, frames: int = 4) -> list[str]:
+    """The overrides of a ``TINY_RUN`` of ``stage`` writing under ``root`` (``paths.root``), reading ``data_root``."""
+    video = stage not in ("autoencoder", "image_pretrain")
+    return [
+        f"stage={stage}",
+        *TINY_RUN,
+        f"paths.root={root}",
+        f"paths.data_root={data_root}",
+        *([f"stage.num_frames={frames}"] if video else []),
+        *extra,
+    ]
+
+
 @pytest.fixture
 def stage_overrides(demo_shards, tmp_path):
     def make(stage: str, *extra: str, frames: int = 4) -> list[str]:
-        video = stage not in ("autoencoder", "image_pretrain")
-        return [
-            f"stage={stage}",
-            *TINY_RUN,
-            f"paths.root={tmp_path / 'runs'}",
-            f"paths.data_root={demo_shards}",
-            *([f"stage.num_frames={frames}"] if video else []),
-            *extra,
-        ]
+        return tiny_stage_overrides(stage, *extra, root=tmp_path / "runs", data_root=demo_shards, frames=frames)
 
     return make
 

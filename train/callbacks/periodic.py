@@ -138,6 +138,8 @@ class PeriodicSampling(pl.Callback):
     ) -> None:
         step = trainer.global_step
         # global_step counts optimizer steps; with gradient accumulation several batches end on the same step.
+        if getattr(pl_module, "mid_accumulation", False):
+            return
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
             self._run(trainer, pl_module)
 
