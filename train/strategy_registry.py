@@ -56,6 +56,8 @@ class StrategySpec:
     - ``consolidate``: a saved checkpoint -> the full fp32 state dict of the LightningModule, for a strategy whose
       checkpoints are not one loadable file (None: ``torch.load`` the file).
     - ``zero_options``: the builder reads ``offload_*`` and ``StrategyOptions.deepspeed``; others warn when set.
+    - ``ddp_buckets_from``: the world size from which the strategy holds DDP's gradient buckets (a second full copy
+      of the trainable gradients; the planner counts it), None for never.
     """
 
     name: str
@@ -65,6 +67,7 @@ class StrategySpec:
     checkpoint_io: Callable[[], Any] | None = None
     consolidate: Callable[[str | os.PathLike[str]], dict[str, Any]] | None = None
     zero_options: bool = False
+    ddp_buckets_from: int | None = None
 
 
 STRATEGY_SPECS: dict[str, StrategySpec] = {}
@@ -161,7 +164,8 @@ def _deepspeed_spec(stage: int) -> StrategySpec:
     )
 
 
-register_strategy(StrategySpec("auto", _build_auto, checkpoint_io=_atomic_checkpoint_io))
-register_strategy(StrategySpec("ddp", _build_ddp, checkpoint_io=_atomic_checkpoint_io))
+# Lightning's auto is one device, or DDP on several.
+register_strategy(StrategySpec("auto", _build_auto, checkpoint_io=_atomic_checkpoint_io, ddp_buckets_from=2))
+register_strategy(StrategySpec("ddp", _build_ddp, checkpoint_io=_atomic_checkpoint_io, ddp_buckets_from=1))
 register_strategy(_deepspeed_spec(2))
 register_strategy(_deepspeed_spec(3))

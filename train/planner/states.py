@@ -105,7 +105,7 @@ def state_bytes(
     if offload_params:
         params = frozen = 0.0
     buffers = 0.0
-    if spec.name == "ddp" or (spec.name == "auto" and n > 1):  # Lightning's auto is DDP on several devices
+    if spec.ddp_buckets_from is not None and n >= spec.ddp_buckets_from:
         buffers = t * p_b
     elif stage == 2:
         d = _deepspeed_defaults()
