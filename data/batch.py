@@ -36,6 +36,7 @@ class Sample(TypedDict):
     latent_moments: NotRequired[torch.Tensor]  # (T, 2z, h, w) float16: VAE posterior mean and logvar, unscaled
     cond_frame: NotRequired[torch.Tensor]  # (3, H, W) uint8: the clean conditioning frame (cond_aug is added later)
     clip_image_embedding: NotRequired[torch.Tensor]  # (1, D) float16: CLIP embedding of the clean cond frame
+    clip_fingerprint: NotRequired[str]  # with clip_image_embedding: the fingerprint of the CLIP that made it
 
 
 class Batch(TypedDict):
@@ -51,3 +52,4 @@ class Batch(TypedDict):
     latent_moments: NotRequired[torch.Tensor]  # (B, T, 2z, h, w) float16
     cond_frame: NotRequired[torch.Tensor]  # (B, 3, H, W) uint8
     clip_image_embedding: NotRequired[torch.Tensor]  # (B, 1, D) float16
+    clip_fingerprint: NotRequired[list[str]]  # with clip_image_embedding, one per sample

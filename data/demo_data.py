@@ -9,8 +9,9 @@
   ``KEY.json``).
 
 Every sample is a pure function of (seed, kind, index): its generator is ``numpy.random.default_rng([seed, kind,
-index])``, so content does not depend on shard size or order. Tar members are sorted with fixed mtime/owner, and
-shards are written to a temporary name then renamed, so a re-run gives byte-identical files (videos are encoded by
+index])``, so content does not depend on shard size or order. Shards are written by ``data.shard_writer.ShardWriter``
+(webdataset's TarWriter: sorted members, fixed mtime/owner; a temporary name then a rename), so a re-run gives
+byte-identical files (videos are encoded by
 ``data/video_encode.py``).
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +39,14 @@ from data.demo_scenes import (
     speed_px_per_frame,
     text_area_fraction,
 )
+from data.shard_writer import ShardWriter
+from data.sources import split_member_name
 from data.video_encode import encode_video
 
 GENERATOR_VERSION = "2"
 Transition = Literal["cut", "crossfade", "fade_black"]
 TRANSITIONS: tuple[Transition, ...] = ("cut", "crossfade", "fade_black")
 _KIND_IDS = {"raw": 0, "clip": 1, "image": 2, "single": 3}  # "single": write_demo_video
-_TAR_MTIME = 1_700_000_000  # fixed so shards are byte-identical across runs
 IMAGE_FORMATS = ("jpg", "jpg", "png", "webp")  # by sample index: mostly JPEG, as in LAION-style shards
 
 
@@ -200,22 +201,17 @@ def write_demo_video(
 
 
 def write_tar_shard(path: str | os.PathLike[str], members: dict[str, bytes]) -> None:
-    """Write ``members`` (name -> bytes) as a tar with sorted names and fixed metadata, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for name in sorted(members):
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(members[name]), _TAR_MTIME, 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(members[name]))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``members`` (``KEY.EXT`` -> bytes) as a shard with ``data.shard_writer.ShardWriter`` (webdataset's
+    TarWriter, fixed metadata, atomic): records in the order of their sorted member names."""
+    records: dict[str, dict[str, bytes]] = {}
+    for name in sorted(members):
+        key, ext = split_member_name(name)
+        if key is None or ext is None:
+            raise ValueError(f"tar member {name!r} has no KEY.EXT form; name members like 00000001.mp4")
+        records.setdefault(key, {})[ext] = members[name]
+    with ShardWriter(path) as writer:
+        for key, record in records.items():
+            writer.write(key, record)
 
 
 def _record(kind: str, seed: int, index: int, *, key: str, caption: str, **fields: Any) -> bytes:

@@ -16,15 +16,19 @@ replaces the media with one member ``KEY.latents.safetensors`` (``safetensors.to
 
 The json's ``latent_cache`` object records how the latents were made: ``version``, ``media`` (video or image),
 ``vae`` (source, sha256, kind), ``scale_factor_applied`` (false), ``clip`` (num_frames, target_fps, size, start,
-crop), ``frame_indices``, ``native_fps``, ``stride``, ``effective_fps``, ``fps_id``, ``motion_bucket_id`` and
-``clip_model``. Caching is deterministic: the clip window is centred and the crop is centred. A cache therefore
-fixes one window per video; training with random windows or random crops needs the uncached path.
+crop), ``frame_indices``, ``native_fps``, ``stride``, ``effective_fps``, ``fps_id``, ``motion_bucket_id``,
+``clip_model`` and, with an embedding, ``clip_fingerprint`` (the CLIP embedder's ``fingerprint()``: sha256 of its
+preprocessing and float32 weights). Caching is deterministic: the clip window is centred and the crop is centred.
+A cache therefore fixes one window per video; training with random windows or random crops needs the uncached path.
 
 ``decode_cached_sample`` turns such a record into the same ``Sample`` contract, with ``latent_moments``,
 ``cond_frame`` and ``clip_image_embedding`` instead of ``frames``. ``fps_id`` comes from the cached clip's
 ``effective_fps`` and ``motion_bucket_id`` from the json's motion score, both through the *current*
 ``MicroCondConfig`` (so a recalibrated mapping applies without re-caching; with the cache-time config they equal
 the stored ``fps_id`` / ``motion_bucket_id``). The caption is still drawn per epoch with the ``CaptionPicker``.
+The embedding comes with its ``clip_fingerprint`` (the trainer uses it only when its own CLIP tower has that
+fingerprint, and raises otherwise); an embedding from a cache made before fingerprints were recorded is left out
+(warned once), so the trainer recomputes it.
 """
 
 from __future__ import annotations
@@ -167,5 +171,13 @@ def decode_cached_sample(
         shard=as_text(record.get("__url__", "")),
     )
     if "clip_image_embedding" in tensors:
-        sample["clip_image_embedding"] = tensors["clip_image_embedding"]
+        fingerprint = info.get("clip_fingerprint")
+        if isinstance(fingerprint, str):
+            sample["clip_image_embedding"] = tensors["clip_image_embedding"]
+            sample["clip_fingerprint"] = fingerprint
+        else:
+            _warn_once(
+                "cached CLIP image embeddings without a clip_fingerprint (a cache from before fingerprints) are not "
+                "used: the trainer recomputes CLIP; re-run scripts/cache_latents.py --clip-model ... to use them"
+            )
     return sample

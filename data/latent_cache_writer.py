@@ -116,6 +116,7 @@ def cached_record_members(
     micro: MicroCondConfig,
     vae: Mapping[str, Any],
     clip_model: str | None,
+    clip_fingerprint: str | None = None,
 ) -> dict[str, bytes]:
     """The members (extension -> bytes) of the cached record: json with ``latent_cache``, txt, latents."""
     spec = cache_clip_spec(clip)
@@ -141,6 +142,8 @@ def cached_record_members(
         "motion_bucket_id": int(motion_bucket_id),
         "clip_model": clip_model,
     }
+    if clip_fingerprint is not None:  # absent from caches without embeddings (and from caches made before it)
+        info["clip_fingerprint"] = clip_fingerprint
     members = {"json": json.dumps({**item.meta, "latent_cache": info}, sort_keys=True).encode(), LATENT_MEMBER: latents}
     if record.get("txt") is not None:
         members["txt"] = bytes(record["txt"]) if not isinstance(record["txt"], str) else record["txt"].encode()
@@ -153,6 +156,13 @@ class Encoders:
     vae_info: dict[str, Any]  # how the VAE was made, for the cached json
     clip: nn.Module | None  # FrozenOpenCLIPImageEmbedder, or None for no embedding
     clip_name: str | None
+    # The embedder's fingerprint() (taken before any cast to the compute dtype); the trainer checks its own CLIP
+    # tower against it before it uses the cached embeddings. Required with ``clip``.
+    clip_fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.clip is not None and self.clip_fingerprint is None:
+            raise ValueError("Encoders with a clip embedder need its clip_fingerprint (clip.fingerprint())")
 
 
 @dataclass(frozen=True)
@@ -210,7 +220,14 @@ def cache_shard(
         blobs = encode_items([it for _, it in pending], encoders=enc, settings=settings)
         for (record, item), blob in zip(pending, blobs, strict=True):
             members = cached_record_members(
-                record, item, latents=blob, clip=clip_spec, micro=micro, vae=enc.vae_info, clip_model=enc.clip_name
+                record,
+                item,
+                latents=blob,
+                clip=clip_spec,
+                micro=micro,
+                vae=enc.vae_info,
+                clip_model=enc.clip_name,
+                clip_fingerprint=enc.clip_fingerprint,
             )
             writer.write(str(record["__key__"]), members)
         pending.clear()

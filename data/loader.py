@@ -89,6 +89,8 @@ def collate_samples(samples: list[Sample]) -> Batch:
         if len(shapes) != 1:
             raise ValueError(f"a batch mixes {name!r} of shapes {shapes}; cache or decode all clips at one size")
         batch[name] = torch.stack([s[name] for s in samples])  # type: ignore[literal-required]
+    if "clip_image_embedding" in batch:  # which CLIP made them, checked by the trainer before use
+        batch["clip_fingerprint"] = [s["clip_fingerprint"] for s in samples]
     if "frames" not in batch and "latent_moments" not in batch:
         raise ValueError("samples carry neither 'frames' nor 'latent_moments'; is the decode function a data/ one?")
     if all(STREAM_KEY in s for s in samples):

@@ -1,32 +1,49 @@
 """Where shards come from: source specs, their expansion and validation, and reading one shard's records.
 
-A source spec names shards in one of four ways, freely mixed in a list:
+Shards are opened and read with the ``webdataset`` library: ``webdataset.gopen`` opens a url and
+``webdataset.tariterators`` turns the tar stream into samples; this module adds the expansion of specs, the
+checks, and what the stream needs on top (error reasons, the end-of-archive check). A source spec names shards
+in one of these ways, freely mixed in a list:
 
 - a local path with brace expansion: ``shards/{000000..000099}.tar`` (``file:`` prefix allowed);
 - a glob: ``shards/*.tar`` (sorted, so the order is stable);
-- a ``pipe:`` command whose stdout is the tar, e.g. ``pipe:aws s3 cp s3://bucket/{000..009}.tar -``
-  (braces expand here too); a non-zero exit before any record is ``missing_shard``, after some records
-  ``truncated_shard``;
+- a url of a scheme webdataset opens (braces expand, nothing is checked ahead): ``pipe:CMD`` (the tar is CMD's
+  stdout, e.g. ``pipe:aws s3 cp s3://bucket/{000..009}.tar -``: ``s3://`` and other stores without an opener
+  are read this way), ``http://`` / ``https://`` / ``sftp://`` / ``ftps://`` / ``scp://`` (through ``curl``,
+  as webdataset runs it: ``-f``, 30 s connect timeout, retries on timeouts and 5xx; for other curl options
+  use ``pipe:curl ... URL``), ``gs://`` (``gsutil cat``), ``ais://``, ``hf://`` (``webdataset.gopen_schemes``);
 - a list file ``@path/to/list.txt``: one spec per line, ``#`` starts a comment, relative paths are relative
   to the list file.
 
 Several sources are mixed with weights (``SourceSpec(urls, weight)``); see ``data/stream.py``.
 
-Reading a shard yields raw records: ``{"__key__": str, "__url__": str, "<ext>": bytes, ...}``, grouping tar
-members by key the way WebDataset does (the key is the member path up to the first dot of its basename; the
-extension is the rest, lower-cased). Nothing is decoded here.
+Reading a shard yields raw records: ``{"__key__": str, "__url__": str, "<ext>": bytes, ...}``, grouped by
+``webdataset.tariterators.group_by_keys``. Nothing is decoded here. The grouping follows webdataset's
+``base_plus_ext`` (the key is the member path up to the first dot of its basename; the extension is the rest,
+lower-cased), with these differences from a plain ``webdataset.WebDataset``: members without an extension are
+dropped (webdataset keeps ``KEY.`` as extension ``""``); a member whose basename starts with ``__`` is skipped
+anywhere in the tree (webdataset skips ``__NAME__`` files and top-level ``__NAME__/`` folders); a repeated
+``KEY.EXT`` within one record keeps the first member and warns (webdataset raises). A member whose basename
+starts with a dot (``.x.jpg``) has no key for either.
+
+Errors are ``BadSample`` reasons that the stream counts: ``missing_shard`` when the shard cannot be opened, or a
+command / download fails (non-zero exit, e.g. curl's 22 for an HTTP 404) before any record; ``truncated_shard``
+when the tar is damaged or cut short, or the command / download fails after some records: the records before the
+damage have been yielded, the one at the damage is dropped. Python's tarfile, which webdataset reads with, stops
+silently at an empty or short header, so a tar cut at a member boundary (a dropped connection) would look
+complete; ``_EndChecked`` catches that: a well-formed tar ends with a zero block, so reading never needs
+bytes past the end of the stream. Commands are read from their stdout directly and their exit status checked at
+the end (``webdataset.gopen.Pipe.read`` raises as soon as a command has failed, dropping the bytes of that read).
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import logging
 import math
 import os
-import subprocess
+import re
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +51,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import webdataset
 from braceexpand import braceexpand
+from webdataset.gopen import Pipe, gopen
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
 from data.atomic_write import atomic_write_bytes
 from data.errors import BadSample
@@ -43,6 +63,8 @@ log = logging.getLogger(__name__)
 
 RawRecord = dict[str, "bytes | str"]  # extension -> bytes, plus "__key__" and "__url__" (str)
 _GLOB_CHARS = frozenset("*?[")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_CHUNK = 1 << 20  # bytes per read when draining the rest of a command's output
 
 
 @dataclass
@@ -70,8 +92,29 @@ class ResolvedSource:
     missing: tuple[str, ...]
 
 
+def url_scheme(url: str) -> str:
+    """The webdataset opener scheme of a shard url (``pipe``, ``http``, ...), ``""`` for a local path (``file:``
+    included). ValueError for a ``NAME://`` url that webdataset has no opener for."""
+    match = _SCHEME.match(url)
+    if match is None:
+        return ""
+    scheme = match.group(1).lower()
+    if scheme != "file" and scheme in webdataset.gopen_schemes:
+        return scheme
+    if scheme != "file" and url[match.end() :].startswith("//"):
+        known = sorted(k for k in webdataset.gopen_schemes if not k.startswith("__"))
+        raise ValueError(f"no webdataset opener for {scheme}:// in {url!r} (known: {', '.join(known)}); read "
+                         f"it through a command, e.g. 'pipe:aws s3 cp {url} -'")  # fmt: skip
+    return ""  # a local path (a colon in a file name is allowed)
+
+
+def is_remote(url: str) -> bool:
+    """True for urls that webdataset opens with a command or a download (cannot be checked ahead)."""
+    return url_scheme(url) != ""
+
+
 def is_pipe(url: str) -> bool:
-    return url.startswith("pipe:")
+    return url_scheme(url) == "pipe"
 
 
 def _local_path(url: str) -> str:
@@ -92,7 +135,7 @@ def expand_urls(urls: str | Sequence[str], *, base_dir: str | os.PathLike[str] |
             continue
         if spec.startswith("@"):
             out += _read_list_file(_resolve(spec[1:], base_dir))
-        elif is_pipe(spec):
+        elif is_remote(spec):
             out += list(braceexpand(spec))
         else:
             for path in braceexpand(_local_path(spec)):
@@ -146,7 +189,8 @@ class DataSources:
 
     Errors (ValueError) at build time: no sources, a source that expands to no shards, a non-positive weight,
     or a source whose local shards are all missing. A missing local shard among existing ones only warns here;
-    the stream counts it as ``missing_shard`` when it reaches it. ``pipe:`` shards cannot be checked ahead.
+    the stream counts it as ``missing_shard`` when it reaches it. Remote shards (``pipe:``, ``http://``, ...)
+    cannot be checked ahead.
     """
 
     def __init__(
@@ -174,7 +218,7 @@ class DataSources:
         shards = expand_urls(spec.urls, base_dir=base_dir)
         if not shards:
             raise ValueError(f"Source {name!r} ({spec.urls!r}) expands to no shards; check the spec or list file")
-        local = [s for s in shards if not is_pipe(s)]
+        local = [s for s in shards if not is_remote(s)]
         missing = [s for s in local if not os.path.isfile(s)]
         if local and len(missing) == len(shards):
             raise ValueError(f"All {len(shards)} shards of source {name!r} are missing (first: {missing[0]!r}); "
@@ -209,84 +253,104 @@ def assign_shards(
     return [shards[perm[slot]]], (worker // n, readers)
 
 
-@contextlib.contextmanager
-def open_shard(url: str) -> Iterator[tuple[IO[bytes], subprocess.Popen[bytes] | None]]:
-    """Open a shard for sequential reading; yields (stream, process or None). Raises BadSample(missing_shard)."""
-    if not is_pipe(url):
-        try:
-            f = open(_local_path(url), "rb")  # noqa: SIM115 - closed below
-        except OSError as e:
-            raise BadSample("missing_shard", f"{url}: {e.strerror or e}") from None
-        with f:
-            yield f, None
+class _CutShort(Exception):
+    """The byte stream of a shard ended before its end-of-archive block."""
+
+
+class _EndChecked:
+    """The shard's byte stream as tarfile reads it, raising ``_CutShort`` on a read past its end (see the module
+    docstring: a complete tar never needs one)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if not data and size != 0:
+            raise _CutShort("the stream ended before the end-of-archive block")
+        return data
+
+
+def _open(url: str) -> IO[bytes] | Pipe:
+    """``webdataset.gopen`` of a shard url; BadSample(missing_shard) when it cannot be opened."""
+    # local paths go in absolute, so that a colon in a relative name is not taken for a url scheme
+    target = url if is_remote(url) else os.path.abspath(_local_path(url))
+    try:
+        return gopen(target, "rb")
+    except OSError as e:  # a missing local file, or a command (curl, gsutil, ...) that is not installed
+        raise BadSample("missing_shard", f"{url}: {e.strerror or e}") from None
+
+
+def _failed_status(stream: IO[bytes] | Pipe) -> int | None:
+    """A command's exit status once its output is drained, when it counts as a failure; None for success or a
+    local file."""
+    if not isinstance(stream, Pipe):
+        return None
+    while stream.stream.read(_CHUNK):
+        pass
+    status = stream.proc.wait()
+    return None if status in stream.ignore_status else status
+
+
+def _close(stream: IO[bytes] | Pipe) -> None:
+    if not isinstance(stream, Pipe):
+        stream.close()
         return
-    # stderr goes to a file, not a pipe: an unread stderr pipe can fill up and deadlock the command.
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(url[len("pipe:") :], shell=True, stdout=subprocess.PIPE, stderr=err)
-        try:
-            assert proc.stdout is not None
-            yield proc.stdout, proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()  # the consumer stopped early (end of a worker's share, exception): do not hang
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+    stream.stream.close()  # a command still writing (the consumer stopped early) gets SIGPIPE
+    if stream.proc.poll() is None:
+        stream.proc.kill()  # and one that does not write any more must not hang the reader
+    stream.proc.wait()
 
 
-def _pipe_status(proc: subprocess.Popen[bytes] | None) -> int:
-    if proc is None:
-        return 0
-    assert proc.stdout is not None
-    proc.stdout.read()  # drain so the command can exit
-    return proc.wait()
+def _members(url: str, stream: IO[bytes] | Pipe) -> Iterator[dict[str, Any]]:
+    """webdataset's member dicts (``fname``, ``data``, ``__url__``); a failed command raises at the end, so the
+    last record (not yet yielded by the grouping) counts as the damaged one."""
+    raw = stream.stream if isinstance(stream, Pipe) else stream
+    for member in tar_file_iterator(_EndChecked(raw), skip_meta=None, select_files=_keep_member):
+        member["__url__"] = url
+        yield member
+    status = _failed_status(stream)
+    if status is not None:
+        raise _CutShort(f"command exited with {status}")
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    dirname, base = os.path.split(name)
-    if "." not in base:
-        return name, ""
-    stem, ext = base.split(".", 1)
-    return (os.path.join(dirname, stem) if dirname else stem), ext.lower()
+def _keep_member(name: str) -> bool:
+    return not os.path.basename(name).startswith("__")
+
+
+def split_member_name(name: str) -> tuple[str | None, str | None]:
+    """(key, extension) of a tar member as webdataset groups it (``base_plus_ext``); (None, None) for a member
+    without an extension, which is dropped."""
+    key, ext = base_plus_ext(name)
+    return (key, ext) if ext else (None, None)
+
+
+def _duplicate_member(exn: Exception) -> bool:
+    """group_by_keys' handler: its only error is a repeated ``KEY.EXT`` within a record; keep the first."""
+    log.warning("%s; keeping the first", exn.args[0])
+    return True
 
 
 def iter_shard_records(url: str) -> Iterator[RawRecord]:
-    """Yield the raw records of one shard in tar order, without decoding anything.
+    """Yield the raw records of one shard in tar order, without decoding anything (``webdataset.gopen`` opens it,
+    ``webdataset.tariterators`` groups its members).
 
-    Raises BadSample("missing_shard") if the shard cannot be opened (or a pipe fails before any record) and
-    BadSample("truncated_shard") when the tar ends mid-member or without its end-of-archive block; the
-    records before the damage have been yielded already, the partial record at the damage is dropped.
+    Raises BadSample("missing_shard") if the shard cannot be opened (or a command / download fails before any
+    record) and BadSample("truncated_shard") when the tar is damaged or ends without its end-of-archive block, or
+    the command fails after some records; the records before the damage have been yielded already, the partial
+    record at the damage is dropped.
     """
-    with open_shard(url) as (stream, proc):
-        n_records = 0
-        current: RawRecord | None = None
-        try:
-            tf = tarfile.open(fileobj=stream, mode="r|*")
-            for member in tf:
-                if not member.isfile():
-                    continue
-                key, ext = _split_name(member.name)
-                if not ext or os.path.basename(key).startswith("__"):
-                    continue
-                data = tf.extractfile(member).read()  # type: ignore[union-attr]
-                if current is not None and current["__key__"] != key:
-                    n_records += 1
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": url}
-                current[ext] = data
-            # tarfile stops silently at a short or empty header; only a full (zero) block is a proper end.
-            if tf.fileobj.tell() - tf.offset < tarfile.BLOCKSIZE:  # type: ignore[union-attr]
-                raise tarfile.ReadError("no end-of-archive block")
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-            status = _pipe_status(proc)
-            if status != 0 and n_records == 0:
-                raise BadSample("missing_shard", f"{url}: command exited with {status}") from None
-            raise BadSample("truncated_shard", f"{url}: {e} after {n_records} records") from None
-        status = _pipe_status(proc)
-        if status != 0:
-            reason = "missing_shard" if n_records == 0 and current is None else "truncated_shard"
-            raise BadSample(reason, f"{url}: command exited with {status}")
-        if current is not None:
-            yield current
+    stream = _open(url)
+    n_records = 0
+    try:
+        for record in group_by_keys(_members(url, stream), keys=split_member_name, handler=_duplicate_member):
+            n_records += 1
+            yield record
+    except (_CutShort, tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        status = _failed_status(stream)
+        if status is not None and n_records == 0:
+            raise BadSample("missing_shard", f"{url}: command exited with {status}") from None
+        detail = str(e.args[0]).partition(" @ ")[0] if e.args else type(e).__name__  # wds appends " @ <stream>"
+        raise BadSample("truncated_shard", f"{url}: {detail} after {n_records} records") from None
+    finally:
+        _close(stream)

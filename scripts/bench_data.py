@@ -13,14 +13,19 @@ Prints ONE JSON line: clips/s of each (total time over all repetitions), ``pipel
 ``pipeline_over_full_decode`` (target >= 3), and the pipeline's clips/s with 1 and 2 worker processes
 (``workers``: total and per worker, plus raw per worker and ``pipeline_over_raw`` measured inside the workers,
 where pipeline and raw alternate without a full decode in between, as in a DataLoader worker). Targets assume 14
-frames at stride >= 2 from clips of 10 s or more.
+frames at stride >= 2 from clips of 10 s or more. ``shard_read``: the same clips as one shard written by
+``data.shard_writer.ShardWriter`` and read back record by record by ``data.sources.iter_shard_records`` (webdataset's
+opener and tar iterator): records/s and MB/s, a plain chunked read of the same file in MB/s (both from the page
+cache), and ``read_over_pipeline``: the time reading a clip's record takes as a fraction of the time the pipeline
+takes to decode it (what the shard reader adds to the stream).
 
 Usage: ``python scripts/bench_data.py [--clips 6] [--seconds 10] [--fps 24] [--src 320x576] [--frames 14]
-[--target-fps 8] [--size 256x384] [--reps 3] [--workers 1,2] [--no-keep-decode-buffers]``. Clips come from the demo
-generator (synthetic scenes at a low bitrate, so decoding is cheaper than on real footage and the transforms weigh
-relatively more). By default every process first applies ``data.video_decode.keep_decode_buffers`` (the glibc
-heap tuning that ``data.loader.build_dataloader`` applies in its workers), so the pipeline is measured as training
-runs it; raw and full decode run in the same processes. ``--no-keep-decode-buffers`` measures glibc's defaults.
+[--target-fps 8] [--size 256x384] [--reps 3] [--workers 1,2] [--shard-reps 20] [--no-keep-decode-buffers]``.
+Clips come from the demo generator (synthetic scenes at a low bitrate, so decoding is cheaper than on real footage
+and the transforms weigh relatively more). By default every process first applies
+``data.video_decode.keep_decode_buffers`` (the glibc heap tuning that ``data.loader.build_dataloader`` applies in its
+workers), so the pipeline is measured as training runs it; raw and full decode run in the same processes.
+``--no-keep-decode-buffers`` measures glibc's defaults.
 """
 
 from __future__ import annotations
@@ -30,13 +35,17 @@ import io
 import json
 import multiprocessing as mp
 import os
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.dlpack import from_dlpack
 
+from data.shard_writer import ShardWriter
+from data.sources import iter_shard_records
 from data.transforms import resize_and_crop
 from data.video_decode import ClipSpec, decode_clip, keep_decode_buffers
 
@@ -141,6 +150,32 @@ def bench_workers(clips: list[bytes], spec: ClipSpec, workers: int, reps: int, k
     }
 
 
+def bench_shard_read(clips: list[bytes], reps: int) -> dict[str, float]:
+    """Records/s and MB/s of reading the clips as one shard, alternating with a plain read of the file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "000000.tar"
+        with ShardWriter(path) as writer:
+            for i, data in enumerate(clips):
+                writer.write(f"{i:08d}", {"mp4": data, "json": b'{"caption": "clip"}', "txt": b"clip"})
+        size_mb = path.stat().st_size / 1e6
+        totals = {"shard": 0.0, "file": 0.0}
+        for _ in range(reps):
+            start = time.perf_counter()
+            records = sum(1 for _ in iter_shard_records(str(path)))
+            totals["shard"] += time.perf_counter() - start
+            start = time.perf_counter()
+            with open(path, "rb") as f:
+                while f.read(1 << 20):
+                    pass
+            totals["file"] += time.perf_counter() - start
+    assert records == len(clips)
+    return {
+        "records_per_s": round(reps * records / totals["shard"], 1),
+        "mb_per_s": round(reps * size_mb / totals["shard"], 1),
+        "file_read_mb_per_s": round(reps * size_mb / totals["file"], 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=6)
@@ -152,6 +187,7 @@ def main() -> None:
     parser.add_argument("--size", type=_hw, default=(256, 384), help="output HxW")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts; empty to skip")
+    parser.add_argument("--shard-reps", type=int, default=20, help="passes over the shard in shard_read")
     parser.add_argument(
         "--no-keep-decode-buffers",
         dest="keep_decode_buffers",
@@ -166,6 +202,8 @@ def main() -> None:
     clips = make_clips(args.clips, seconds=args.seconds, fps=args.fps, src=args.src)
     rates = time_methods(clips, spec, args.reps)
     worker_counts = [int(n) for n in args.workers.split(",") if n.strip()]
+    shard_read = bench_shard_read(clips, args.shard_reps)
+    shard_read["read_over_pipeline"] = round(rates["pipeline"] / shard_read["records_per_s"], 4)
     result = {
         "clips": args.clips,
         "clip_seconds": args.seconds,
@@ -180,6 +218,7 @@ def main() -> None:
         "pipeline_over_raw": round(rates["pipeline"] / rates["raw"], 3),
         "pipeline_over_full_decode": round(rates["pipeline"] / rates["full_decode"], 3),
         "workers": {str(n): bench_workers(clips, spec, n, args.reps, keep_buffers) for n in worker_counts},
+        "shard_read": shard_read,
         "keep_decode_buffers": keep_buffers,
         "cpu_count": os.cpu_count(),
         "torch_threads": 1,

@@ -2,12 +2,21 @@
 
 Runs the real training loop (``train.run.run``: ``StageModule`` + Lightning ``Trainer`` + ``StreamDataModule``)
 in one process on the same clips, ``--warmup + --steps`` optimizer steps a run, the two modes alternating (pixels,
-cached, pixels, cached, ... ``--repeats`` runs of each, so a slow spell of a shared machine hits both):
+cached, cached, pixels, pixels, cached, ... ``--repeats`` runs of each, the order swapped every repeat, so a slow
+spell or a drift of a shared machine hits both alike):
 
 - ``pixels``: the data pipeline decodes the clips and the objective encodes them with the frozen VAE every step;
 - ``cached``: the same clips first cached with the stage's own VAE (``train/stage_cache.py``, the library functions
   of ``scripts/cache_latents.py``; the VAE is the one the stage builds and initialises, so both runs train the same
   model), then the stage's ``data.sources`` pointed at the cached shards.
+
+``--compare clip`` (an image-to-video stage) compares two cached-latent modes the same way: ``recomputed_clip`` (the
+cache holds no CLIP embedding, so the conditioner runs its CLIP image tower on the conditioning frame every step)
+against ``cached_clip`` (the cache also holds the embeddings of the stage's own CLIP tower, which then never runs);
+the keys are named after the modes (``recomputed_clip_samples_per_s``, ``cached_clip_samples_per_s``,
+``cached_clip_over_recomputed_clip``, ...) and ``clip_encode_flops_per_sample`` replaces the VAE's. At Stage III size
+on CPU: ``--stage img2vid_finetune --compare clip --overrides model.clip.arch=ViT-H-14 model.unet.context_dim=1024
+stage.num_frames=14 ...`` (the full ViT-H-14 image tower, random weights, with the tiny UNet; see scripts/README.md).
 
 Prints ONE JSON line: ``pixels_samples_per_s``, ``cached_samples_per_s`` and ``cached_over_pixels`` (steady state:
 batch size / median step time over the steps after ``--warmup`` of all runs of the mode; the step time is
@@ -21,7 +30,8 @@ UNet training FLOP/s achieved / peak FLOP/s, with the peak from ``--peak-tflops`
 of ``train.perf.PEAK_BF16_TFLOPS``; null when the peak is unknown (CPU without ``--peak-tflops``).
 
 Usage: ``python scripts/bench_train.py [--stage video_pretrain] [--overrides key=value ...] [--steps 8]
-[--warmup 2] [--repeats 3] [--device cpu|cuda] [--peak-tflops X] [--threads N] [--data DATA_ROOT]``. Defaults:
+[--warmup 2] [--repeats 3] [--device cpu|cuda] [--peak-tflops X] [--threads N] [--data DATA_ROOT]
+[--compare pixels|clip]``. Defaults:
 ``experiment=demo`` (tiny networks, 64x96, 8 frames, batch 4, 2 decoding workers; about 2 minutes on one CPU
 thread) trained from scratch (``stage.init.from_stage=null``, ``stage.init.keep=[unet,first_stage,conditioner]``),
 on demo shards written to a temporary folder unless ``--data`` names a data root (``paths.data_root``). On a GPU:
@@ -40,6 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -50,7 +61,7 @@ from train.builders import build_first_stage
 from train.config import register_configs
 from train.perf import peak_bf16_tflops, stage_unet_train_flops
 from train.run import run
-from train.stage_cache import cache_stage_sources, stage_vae, with_sources
+from train.stage_cache import cache_stage_sources, clip_tower, stage_model, with_sources
 
 REPO = Path(__file__).resolve().parents[1]
 LOOP = (
@@ -62,6 +73,13 @@ FLOPS_METHOD = (
     "spec, one sample (num_frames frames) at the stage's latent size, forward + backward; mfu counts these UNet "
     "FLOPs only (the frozen VAE encode of the pixel path is reported apart and not counted as useful work)"
 )
+# --compare: (the baseline mode, the mode it is compared with), run alternately.
+COMPARISONS = {"pixels": ("pixels", "cached"), "clip": ("recomputed_clip", "cached_clip")}
+MODES_HELP = {
+    "pixels": "pixels: decode + VAE encode every step; cached: cached latents (the same clips, the stage's VAE)",
+    "clip": "both on cached latents; recomputed_clip: the CLIP image tower embeds the conditioning frame every "
+    "step; cached_clip: the cached embeddings of the stage's own CLIP tower (the tower does not run)",
+}
 BENCH_KEYS = (
     "stage.init.from_stage=null",
     "stage.init.keep=[unet,first_stage,conditioner]",
@@ -87,6 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data", type=Path, default=None, help="paths.data_root (default: demo shards in a temp dir)")
     p.add_argument("--cache-batch-size", type=int, default=16, help="frames per VAE forward when caching")
+    p.add_argument(
+        "--compare",
+        choices=sorted(COMPARISONS),
+        default="pixels",
+        help="pixels: pixels vs cached latents; clip: cached latents with CLIP recomputed vs cached CLIP embeddings "
+        "(an image-to-video stage)",
+    )
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.repeats < 1:
         p.error("need --steps, --repeats >= 1 and --warmup >= 1 (the first step has no previous step to time against)")
@@ -203,78 +228,128 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cache_sources(args: argparse.Namespace, cfg: DictConfig, folder: Path) -> dict[str, list[dict[str, Any]] | None]:
+    """Each mode's ``data.sources`` (None: the stage's own), cached with the stage's own VAE (and CLIP tower)."""
+    model = stage_model(cfg)  # the modes' stage is the same stage: the same VAE and CLIP tower
+    tower = clip_tower(model)
+    kw = {"device": args.device, "batch_size": args.cache_batch_size}
+    latents = cache_stage_sources(cfg, folder / "latents", vae=model.first_stage, **kw)
+    sources = {"pixels": None, "cached": latents, "recomputed_clip": latents}
+    if args.compare == "clip":
+        vae = model.first_stage
+        sources["cached_clip"] = cache_stage_sources(cfg, folder / "latents_clip", vae=vae, clip=tower, **kw)
+    return sources
+
+
+def meta_clip_tower(cfg: Any) -> Any:
+    """The stage's CLIP image tower built on the meta device (no weights), or None when its conditioner has none."""
+    from train.builders import build_conditioner
+
+    with torch.device("meta"):
+        return clip_tower(SimpleNamespace(conditioner=build_conditioner(cfg)))
+
+
+def check_comparison(args: argparse.Namespace, cfg: Any) -> None:
+    """ValueError when the stage cannot run ``args.compare`` (before any data is written or cached)."""
+    if args.compare == "clip" and meta_clip_tower(cfg) is None:
+        raise ValueError(
+            f"--compare clip needs an image-to-video stage (--stage img2vid_finetune); {args.stage} has no CLIP "
+            "image embedder"
+        )
+
+
+def clip_encode_flops(cfg: Any) -> int:
+    """FLOPs of the CLIP image tower's forward for one sample (what cached embeddings save per step)."""
+    tower = meta_clip_tower(cfg)
+    with torch.device("meta"):
+        x = torch.randn(1, 3, *tower.image_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        tower.model.visual(x)
+    return counter.get_total_flops()
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
+    base, new = COMPARISONS[args.compare]
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         tmp_path = Path(tmp)
+        check_comparison(args, bench_config(args, root=tmp_path, data_root=tmp_path, mode="check"))
         data_root = args.data if args.data is not None else demo_data_root(tmp_path / "demo_data")
         runs = tmp_path / "runs"
 
         def config(mode: str, repeat: int) -> DictConfig:
-            return bench_config(args, root=runs, data_root=data_root, mode=f"{mode}_{repeat}")
+            cfg = bench_config(args, root=runs, data_root=data_root, mode=f"{mode}_{repeat}")
+            return cfg if sources[mode] is None else with_sources(cfg, sources[mode])
 
-        pixels_cfg = config("pixels", 0)
+        stage_cfg = bench_config(args, root=runs, data_root=data_root, mode="cache")
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):
-            vae = stage_vae(pixels_cfg)  # the cached mode's stage is the same stage: same VAE
-            sources = cache_stage_sources(
-                pixels_cfg, tmp_path / "cache", vae=vae, device=args.device, batch_size=args.cache_batch_size
-            )
+            sources = cache_sources(args, stage_cfg, tmp_path / "cache")
         cache_seconds = time.perf_counter() - start
-        seconds: dict[str, list[list[float]]] = {"pixels": [], "cached": []}
-        for repeat in range(args.repeats):  # alternate, so a slow spell of the machine hits both modes
-            seconds["pixels"].append(timed_run(config("pixels", repeat), warmup=args.warmup))
-            cached_cfg = with_sources(config("cached", repeat), sources)
-            seconds["cached"].append(timed_run(cached_cfg, warmup=args.warmup))
-    batch = int(pixels_cfg.data.batch_size)
-    pixels, cached = (summary(seconds[mode], batch=batch) for mode in ("pixels", "cached"))
-    fwd, bwd = stage_unet_train_flops(pixels_cfg)
-    by_repeat = [c / p for p, c in zip(pixels["by_repeat"], cached["by_repeat"], strict=True)]
+        seconds: dict[str, list[list[float]]] = {base: [], new: []}
+        # Alternate, so a slow spell of the machine hits both modes, and swap the order every repeat (A B, B A,
+        # A B, ...), so a drift over the runs (machine load, one process running them all) does not favour one.
+        for repeat in range(args.repeats):
+            for mode in (base, new) if repeat % 2 == 0 else (new, base):
+                seconds[mode].append(timed_run(config(mode, repeat), warmup=args.warmup))
+    batch = int(stage_cfg.data.batch_size)
+    figures = {mode: summary(seconds[mode], batch=batch) for mode in (base, new)}
+    fwd, bwd = stage_unet_train_flops(stage_cfg)
+    by_repeat = [n / b for b, n in zip(figures[base]["by_repeat"], figures[new]["by_repeat"], strict=True)]
     peak = peak_flops(args)
 
     def mfu(samples_per_s: float) -> float | None:
         return None if peak is None else float(f"{(fwd + bwd) * samples_per_s / peak:.4g}")
 
+    ratio = f"{new}_over_{base}"
+    a, b = figures[base], figures[new]
     result = {
         "stage": args.stage,
+        "compare": args.compare,
+        "modes": MODES_HELP[args.compare],
         "loop": LOOP,
-        "pixels_samples_per_s": round(pixels["samples_per_s"], 4),
-        "cached_samples_per_s": round(cached["samples_per_s"], 4),
-        "cached_over_pixels": round(cached["samples_per_s"] / pixels["samples_per_s"], 4),
-        "pixels_samples_per_s_mean": round(pixels["samples_per_s_mean"], 4),
-        "cached_samples_per_s_mean": round(cached["samples_per_s_mean"], 4),
-        "cached_over_pixels_mean": round(cached["samples_per_s_mean"] / pixels["samples_per_s_mean"], 4),
-        "pixels_step_s_median": round(pixels["step_s_median"], 4),
-        "cached_step_s_median": round(cached["step_s_median"], 4),
-        "pixels_step_times_s": pixels["step_times_s"],
-        "cached_step_times_s": cached["step_times_s"],
+        f"{base}_samples_per_s": round(a["samples_per_s"], 4),
+        f"{new}_samples_per_s": round(b["samples_per_s"], 4),
+        ratio: round(b["samples_per_s"] / a["samples_per_s"], 4),
+        f"{base}_samples_per_s_mean": round(a["samples_per_s_mean"], 4),
+        f"{new}_samples_per_s_mean": round(b["samples_per_s_mean"], 4),
+        f"{ratio}_mean": round(b["samples_per_s_mean"] / a["samples_per_s_mean"], 4),
+        f"{base}_step_s_median": round(a["step_s_median"], 4),
+        f"{new}_step_s_median": round(b["step_s_median"], 4),
+        f"{base}_step_times_s": a["step_times_s"],
+        f"{new}_step_times_s": b["step_times_s"],
         "repeats": args.repeats,
-        "order": "pixels, cached, pixels, cached, ... (one run of each per repeat)",
-        "pixels_samples_per_s_by_repeat": [round(v, 4) for v in pixels["by_repeat"]],
-        "cached_samples_per_s_by_repeat": [round(v, 4) for v in cached["by_repeat"]],
-        "cached_over_pixels_by_repeat": [round(v, 4) for v in by_repeat],
-        "cached_over_pixels_median_of_repeats": round(statistics.median(by_repeat), 4),
+        "order": f"{base}, {new}, {new}, {base}, {base}, {new}, ... (one run of each per repeat, the order swapped "
+        "every repeat)",
+        f"{base}_samples_per_s_by_repeat": [round(v, 4) for v in a["by_repeat"]],
+        f"{new}_samples_per_s_by_repeat": [round(v, 4) for v in b["by_repeat"]],
+        f"{ratio}_by_repeat": [round(v, 4) for v in by_repeat],
+        f"{ratio}_median_of_repeats": round(statistics.median(by_repeat), 4),
         "cache_seconds": round(cache_seconds, 3),
-        "cached_shards": sum(len(s["urls"]) for s in sources),
+        "cached_shards": sum(len(s["urls"]) for s in sources[new] or sources["cached"]),
         "unet_fwd_flops_per_sample": fwd,
         "unet_bwd_flops_per_sample": bwd,
         "unet_train_flops_per_sample": fwd + bwd,
-        "vae_encode_flops_per_sample": vae_encode_flops(pixels_cfg),
+        **(
+            {"vae_encode_flops_per_sample": vae_encode_flops(stage_cfg)}
+            if args.compare == "pixels"
+            else {"clip_encode_flops_per_sample": clip_encode_flops(stage_cfg)}
+        ),
         "flops_method": FLOPS_METHOD,
         "peak_tflops": None if peak is None else peak / 1e12,
-        "pixels_mfu": mfu(pixels["samples_per_s"]),
-        "cached_mfu": mfu(cached["samples_per_s"]),
+        f"{base}_mfu": mfu(a["samples_per_s"]),
+        f"{new}_mfu": mfu(b["samples_per_s"]),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "precision": str(pixels_cfg.trainer.precision),
-        "batch_size": int(pixels_cfg.data.batch_size),
-        "num_workers": int(pixels_cfg.data.num_workers),
-        "num_frames": int(pixels_cfg.stage.num_frames),
-        "height": int(pixels_cfg.stage.height),
-        "width": int(pixels_cfg.stage.width),
+        "precision": str(stage_cfg.trainer.precision),
+        "batch_size": batch,
+        "num_workers": int(stage_cfg.data.num_workers),
+        "num_frames": int(stage_cfg.stage.num_frames),
+        "height": int(stage_cfg.stage.height),
+        "width": int(stage_cfg.stage.width),
         "steps": args.steps,
         "warmup": args.warmup,
         "overrides": list(args.overrides),
         "data": "demo shards (temp folder)" if args.data is None else str(args.data),
-        "config": OmegaConf.to_container(pixels_cfg.model, resolve=True),
+        "config": OmegaConf.to_container(stage_cfg.model, resolve=True),
     }
     return result
 

@@ -2,7 +2,9 @@
 
 Each input shard ``NAME.tar`` becomes ``--out/NAME.tar`` (same relative name) holding, per sample, the source
 json (plus a ``latent_cache`` object), the txt, and ``KEY.latents.safetensors`` with the VAE posterior moments,
-the clean conditioning frame and, with ``--clip-model``, its CLIP image embedding (format: ``data/latent_cache.py``).
+the clean conditioning frame and, with ``--clip-model``, its CLIP image embedding (format: ``data/latent_cache.py``)
+with the CLIP's fingerprint in the json; an image-to-video stage whose CLIP tower has that fingerprint then skips its
+CLIP forward (a stage with another CLIP refuses the shards with a clear error).
 The stream reads such shards transparently (``data.sample_decode.decode_sample``), so a stage switches to cached
 latents by pointing its sources at ``--out``.
 
@@ -83,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "such as ViT-H-14 with --clip-pretrained",
     )
     p.add_argument("--clip-pretrained", default=None, help="open_clip tag or weights file for a named --clip-model")
+    p.add_argument(
+        "--clip-resize",
+        choices=("kornia", "torch"),
+        default="kornia",
+        help="resize of a tiny-random or named CLIP's input (the trainer's conditioner.clip_resize; the fingerprint "
+        "records it, and the trainer uses the embeddings only when its CLIP tower has the same fingerprint)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="frames per VAE forward")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes that decode (0: in this process)")
     p.add_argument("--device", default="cpu")
@@ -138,22 +147,24 @@ def build_encoders(args: argparse.Namespace) -> Encoders:
     if args.clip_model == "tiny-random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
-            clip = FrozenOpenCLIPImageEmbedder(tiny_open_clip_config(), resize="torch")
+            clip = FrozenOpenCLIPImageEmbedder(tiny_open_clip_config(), resize=args.clip_resize)
     elif args.clip_model not in ("none", "checkpoint"):
         if args.clip_pretrained is None:
             raise ValueError(
                 f"--clip-model {args.clip_model} needs --clip-pretrained (a tag such as "
                 "laion2b_s32b_b79k or a weights file); without it the weights would be random"
             )
-        clip = FrozenOpenCLIPImageEmbedder(args.clip_model, pretrained=args.clip_pretrained)
+        clip = FrozenOpenCLIPImageEmbedder(args.clip_model, pretrained=args.clip_pretrained, resize=args.clip_resize)
         clip_name = f"{args.clip_model}:{args.clip_pretrained}"
     elif args.clip_model == "checkpoint" and clip is None:
         raise ValueError("--clip-model checkpoint takes the embedder from --vae, an official SVD checkpoint")
     dtype = DTYPES[args.dtype]
     vae = vae.to(args.device, dtype).eval().requires_grad_(False)
+    fingerprint = None
     if clip is not None:
+        fingerprint = clip.fingerprint()  # of the weights as loaded (before the cast to the compute dtype)
         clip = clip.to(args.device, dtype).eval().requires_grad_(False)
-    return Encoders(vae, info, clip, clip_name)
+    return Encoders(vae, info, clip, clip_name, clip_fingerprint=fingerprint)
 
 
 def cache_settings(args: argparse.Namespace) -> CacheSettings:

@@ -32,7 +32,7 @@ from train.evaluation.features import I3D_HELP, VideoFeatureExtractor, accumulat
 from train.evaluation.frechet import FeatureStats, frechet_distance, load_stats
 from train.evaluation.generate import generate_video, load_export_generator
 from train.evaluation.video_files import iter_file_clips, iter_shard_clips, iter_video_files, list_videos
-from train.media import atomic_path, read_image
+from train.media import atomic_path
 from train.tasks import get_task
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -225,8 +225,7 @@ def read_prompts(folder: Path, prompts: Path | None) -> tuple[list[Path], list[s
 def run_clip(args: argparse.Namespace) -> dict[str, Any]:
     videos, prompts, images = read_prompts(args.generated, args.prompts)
     scorer = ClipScorer.build(args.clip_arch, pretrained=args.clip_pretrained, device=args.device)
-    loaded = [read_image(path) for path in images] if images else None
-    scores = score_videos(scorer, iter_video_files(videos), prompts=prompts, images=loaded)
+    scores = score_videos(scorer, iter_video_files(videos), prompts=prompts, image_paths=images)
     if args.per_video is not None:
         with atomic_path(args.per_video) as tmp:
             rows = [

@@ -8,17 +8,20 @@ Usage:
 Load it with ``StableVideoDiffusionPipeline.from_pretrained(out)``; ``match_sgm_group_norm_eps(pipe.unet)``
 (``models.checkpoints.diffusers_unet``) makes its UNet compute exactly as ours (diffusers hard-codes GroupNorm eps
 1e-6 in some ResBlocks). The folder also initialises training: ``load_init_weights(model, out)``. What the folder
-does not carry is printed. The folder is written under a temporary name and renamed when complete.
+does not carry is printed, and which VAE it holds: a stage that decoded with a trained temporal decoder
+(``stage=temporal_decoder``) is written with it as ``AutoencoderKLTemporalDecoder``. The folder is written under a
+temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 
-from models.checkpoints.diffusers_pipeline import tiny_diffusers_sizes
+from models.checkpoints.diffusers_pipeline import TEMPORAL_VAE, tiny_diffusers_sizes
 from train.interop_diffusers import OFFICIAL_VARIANTS, export_pipeline
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = export_pipeline(source, args.out, variant=args.variant, sizes=sizes, dtype=dtype, overwrite=args.overwrite)
     if notes.dropped or notes.warnings:
         print(notes.summary())
+    vae = json.loads((args.out / "vae" / "config.json").read_text())["_class_name"]
+    print(f"  vae: {vae} ({'the temporal decoder' if vae == TEMPORAL_VAE else 'frame-wise KL decoder'})")
     print(args.out)
     return 0
 

@@ -2,7 +2,7 @@
 
 Layout under ``--out``: ``raw/NNNNN.tar`` (video2dataset style, multi-scene videos with cuts and fades),
 ``clips/NNNNN.tar`` (one scene each, with motion score and captions), ``images/NNNNN.tar`` (img2dataset style)
-``conditioning/clip_NNNNN.png`` (first frames of two fast clips, for image-to-video samples) and
+``conditioning/clip_NNNNN.png`` (first frames of ``--conditioning-clips``, for image-to-video samples) and
 ``manifest.json``. The same arguments give byte-identical files. See ``data/demo_data.py``.
 
 Usage: ``python scripts/make_demo_data.py [--out outputs/demo_data] [--seed 0] [--size 128x96] [--fps 24]``.
@@ -42,6 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-per-shard", type=int, default=8)
     p.add_argument("--size", type=parse_size, default=(128, 96), help="WIDTHxHEIGHT of videos and images")
     p.add_argument("--fps", type=float, default=24.0)
+    # Clip i moves static/slow/fast by i % 3: 2 and 5 are fast, 10 is the slow orange circle make demo samples from.
+    p.add_argument(
+        "--conditioning-clips",
+        type=int,
+        nargs="*",
+        default=[2, 5, 10],
+        help="clips whose frame 0 goes to conditioning/ (I2V samples); those past --num-clips are skipped",
+    )
     return p.parse_args(argv)
 
 
@@ -60,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             fps=args.fps,
             progress=bar.update,
         )
-    for index in range(2, args.num_clips, 3)[:2]:  # the "fast" clips: conditioning images for I2V samples
+    for index in (i for i in args.conditioning_clips if i < args.num_clips):
         path = args.out / "conditioning" / f"clip_{index:05d}.png"
         frame = clip_first_frame(args.seed, index, fps=args.fps, size=args.size)
         png = io.BytesIO()

@@ -7,6 +7,12 @@ Usage:
 Sampling defaults (frames, steps, guidance) follow the variant (RECIPE 3: svd 14 frames, 25 steps, cfg 1.0 -> 2.5;
 svd_xt 25 frames, 30 steps, cfg 1.5 -> 3.0); a stage export samples at its training size and frame count.
 The GIF path is printed last.
+
+Decoder (``--decoder``): an export whose stage decoded with a trained temporal decoder (``stage=temporal_decoder``,
+export.json ``decoder: temporal``), and the released svd / svd_xt files, decode with it by default; ``--decoder kl``
+decodes such an export frame by frame with the KL autoencoder its export.json names (``kl_autoencoder``, the
+autoencoder stage export the temporal decoder was trained from). ``--decoder temporal`` on a model without one is an
+error. The decoder used is printed.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from models.conditioners import tiny_open_clip_config
 from models.diffusion import Denoiser, VScalingWithEDMcNoise
 from models.latent_diffusion import LatentDiffusion
 from models.unet import tiny_unet_spec
-from models.vae import tiny_autoencoder_spec
+from models.vae import TemporalAutoencoder, tiny_autoencoder_spec
 from train.conditioning import fps_to_fps_id
 from train.config import GenerationSettings, SamplesConfig
 from train.media import read_image, write_gif, write_mp4
@@ -34,6 +40,7 @@ from train.sampling import PRESETS, SamplingPreset, sample_video
 from train.tasks import SVD_TASK
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DECODERS = ("kl", "temporal")
 
 
 @dataclass
@@ -66,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="default: 25 (svd) or 30 (svd_xt)")
     p.add_argument("--min-cfg", type=float, help="default: 1.0 (svd) or 1.5 (svd_xt)")
     p.add_argument("--max-cfg", type=float, help="default: 2.5 (svd) or 3.0 (svd_xt)")
+    p.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        help="temporal (SVD's deflickering decoder) or kl (frame by frame); default: temporal when the model has one",
+    )
     p.add_argument("--decode-chunk", type=int, default=GenerationSettings.decode_chunk, help="frames decoded at a time")
     p.add_argument("--seed", type=int, default=GenerationSettings.seed)
     p.add_argument("--device", default="cpu")
@@ -97,12 +109,37 @@ def load_source(args: argparse.Namespace) -> Source:
         preset = SamplingPreset(
             num_frames=export.num_frames, height=export.height, width=export.width, **_cfg(PRESETS["svd"])
         )
+        choose_decoder(export, args.decoder, source=str(args.export))
         model = export.model.to(device=device, dtype=dtype)
         return Source(model, export.denoiser.to(device), export.task, preset)
     sizes = tiny_sizes() if args.tiny else None
     loaded = load_official_checkpoint(args.checkpoint, variant=args.variant, sizes=sizes, device=device, dtype=dtype)
     model = LatentDiffusion(unet=loaded.unet, first_stage=loaded.first_stage, conditioner=loaded.conditioner)
+    has = "temporal" if isinstance(model.first_stage, TemporalAutoencoder) else "kl"
+    if args.decoder not in (None, has):
+        raise ValueError(
+            f"--decoder {args.decoder}: the released {args.variant} file has only its {has} decoder "
+            f"(svd / svd_xt: temporal, svd_image_decoder: kl); pick the variant with the decoder you want"
+        )
+    print(f"[decoder] {has} ({args.variant} file)", flush=True)
     return Source(model.eval(), Denoiser(VScalingWithEDMcNoise()), SVD_TASK, PRESETS[args.variant])
+
+
+def choose_decoder(export: Any, decoder: str | None, *, source: str) -> None:
+    """Decode ``export`` with ``decoder`` (None: the one it trained with); swaps in the KL autoencoder for ``kl``."""
+    has = "temporal" if isinstance(export.model.first_stage, TemporalAutoencoder) else "kl"
+    if decoder is None or decoder == has:
+        print(f"[decoder] {has} (the export's; export.json says which)", flush=True)
+        return
+    if decoder == "temporal":
+        raise ValueError(
+            f"--decoder temporal: {source} has no temporal decoder (its stage decoded with the KL decoder); train "
+            "stage=temporal_decoder in its run and retrain the stage, or sample with --decoder kl"
+        )
+    from train.export import kl_first_stage  # the training stack, only for this route
+
+    export.model.first_stage_model = kl_first_stage(export)
+    print(f"[decoder] kl (from {export.meta['kl_autoencoder']})", flush=True)
 
 
 def _cfg(preset: SamplingPreset) -> dict[str, Any]:
@@ -134,15 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     source = load_source(args)
     preset = source.preset
+    height, width = args.height or preset.height, args.width or preset.width
     frames = sample_video(
         source.model,
         source.denoiser,
         task=source.task,
         prompt=args.prompt,
-        image=read_image(args.image) if args.image is not None else None,
+        image=None if args.image is None else read_image(args.image, size=(height, width)),
         num_frames=args.num_frames or preset.num_frames,
-        height=args.height or preset.height,
-        width=args.width or preset.width,
+        height=height,
+        width=width,
         settings=generation_settings(args, preset),
         device=args.device,
         progress=args.progress,

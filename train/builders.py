@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from data.captions import CaptionPicker
@@ -64,9 +65,28 @@ def autoencoder_spec(cfg: Any) -> AutoencoderSpec:
     return AutoencoderSpec(**a)
 
 
+def uses_temporal_decoder(cfg: Any) -> bool:
+    """A diffusion stage that decodes with a trained temporal decoder (``stage.init.temporal_decoder_path``, set or
+    found by ``train.init_weights.resolve_temporal_decoder``); ``select``: exports from before the key lack it."""
+    return (
+        bool(OmegaConf.select(cfg, "stage.init.temporal_decoder_path")) and not cfg.model.autoencoder.temporal_decoder
+    )
+
+
 def build_first_stage(cfg: Any) -> AutoencoderKL | TemporalAutoencoder:
+    """SVD's temporal autoencoder (``model.autoencoder.temporal_decoder``), the KL one, or, for a stage with a trained
+    temporal decoder, the ``temporal_decoder`` stage's layout: the KL encoder and ``quant_conv`` (so latents are
+    unchanged) with the video decoder (no ``post_quant_conv``, as diffusers' ``AutoencoderKLTemporalDecoder``)."""
     spec = autoencoder_spec(cfg)
-    return TemporalAutoencoder(spec) if cfg.model.autoencoder.temporal_decoder else AutoencoderKL(spec)
+    if cfg.model.autoencoder.temporal_decoder:
+        return TemporalAutoencoder(spec)
+    kl = AutoencoderKL(spec)
+    if not uses_temporal_decoder(cfg):
+        return kl
+    # Built after the KL one and off the global generator, so every module built next draws the same random
+    # weights as in a stage without a temporal decoder (its own weights come from the export).
+    with torch.random.fork_rng(devices=[]):
+        return TemporalAutoencoder(spec, quant_convs=True, post_quant_conv=False)
 
 
 def conditioner_parts(cfg: Any) -> ConditionerParts:
@@ -132,8 +152,9 @@ def build_objective(cfg: Any) -> Objective:
     }
     if kind == "autoencoder":
         return AutoencoderObjective(AutoencoderKL(autoencoder_spec(cfg)), kl_weight=loss.kl_weight, **common)
-    # The temporal decoder starts as an exact copy of a KL autoencoder (init_temporal_decoder loads that one).
-    temporal = temporal_from_kl(AutoencoderKL(autoencoder_spec(cfg)))
+    # The temporal decoder starts as a copy of a KL autoencoder (init_temporal_decoder loads that one), its
+    # post_quant_conv folded into decoder.conv_in so that diffusers' AutoencoderKLTemporalDecoder holds it exactly.
+    temporal = temporal_from_kl(AutoencoderKL(autoencoder_spec(cfg)), fold_post_quant_conv=True)
     return TemporalDecoderObjective(temporal, train_decoder=loss.train_decoder, **common)
 
 
@@ -145,7 +166,7 @@ def init_temporal_decoder(objective: Objective, kl_state: dict[str, Any]) -> Non
     source = objective.export_module().first_stage_model
     kl = AutoencoderKL(source.spec)
     kl.load_state_dict(kl_weights, strict=True)
-    source.load_state_dict(temporal_from_kl(kl).state_dict(), strict=True)
+    source.load_state_dict(temporal_from_kl(kl, fold_post_quant_conv=True).state_dict(), strict=True)
 
 
 def dataset_config(cfg: Any, *, seed: int) -> DatasetConfig:

@@ -10,16 +10,19 @@ vector input.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from models.conditioners import CLIP_EMBEDDING_KEY, GeneralConditioner
 from train.config import CondAugConfig
 from train.tasks import TEXT_KEY, get_task
 
 __all__ = [
     "TEXT_KEY",
     "CondAugConfig",
+    "cached_clip_embedding",
     "conditioner_inputs",
     "fps_to_fps_id",
     "latent_hw",
@@ -33,8 +36,35 @@ __all__ = [
 def conditioner_inputs(task: str, **sources: Any) -> dict[str, Any]:
     """The conditioner batch for ``task`` (``TaskSpec.conditional_inputs``) from the keyword ``sources``:
     ``captions`` (B strings), ``fps_id`` and ``motion_bucket_id`` (B,), and for an image-conditioned task
-    ``cond_image`` (B, 3, H, W) in [-1, 1], ``cond_aug`` (B,) and the ``generator`` of the frame noise."""
+    ``cond_image`` (B, 3, H, W) in [-1, 1], ``cond_aug`` (B,), the ``generator`` of the frame noise and, optionally,
+    ``clip_image_embedding`` (B, 1, D): the cached CLIP embedding of ``cond_image`` (``cached_clip_embedding``)."""
     return get_task(task).conditional_inputs(**sources)
+
+
+def cached_clip_embedding(conditioner: GeneralConditioner, batch: Mapping[str, Any]) -> torch.Tensor | None:
+    """The batch's cached CLIP image embeddings ``(B, 1, D)`` (a latent cache's ``clip_image_embedding``) for the
+    conditioner to use instead of running its CLIP tower; None when the batch carries none or the conditioner has no
+    embedder that takes them. ValueError when they were made by a CLIP other than the conditioner's (the cache's
+    ``clip_fingerprint`` against the tower's ``fingerprint()``, worked out once per set of weights)."""
+    embedding = batch.get(CLIP_EMBEDDING_KEY)
+    embedder = conditioner.cached_embedders().get(CLIP_EMBEDDING_KEY)
+    if embedding is None or embedder is None:
+        return None
+    if not embedder.has_fingerprint:
+        from train.module import gathered  # DeepSpeed ZeRO-3 partitions the frozen tower too
+
+        with gathered(embedder.parameters()):
+            embedder.fingerprint()
+    mine = embedder.fingerprint()
+    made_by = sorted(set(batch.get("clip_fingerprint") or ["(not recorded)"]))
+    if made_by != [mine]:
+        raise ValueError(
+            f"the batch's cached CLIP image embeddings were made by CLIP {[f[:12] for f in made_by]} but the "
+            f"conditioner's CLIP tower is {mine[:12]} (sha256 of its preprocessing and weights); re-run "
+            "scripts/cache_latents.py with the --clip-model this stage uses (model.clip, conditioner.clip_resize), "
+            "or with --clip-model none to cache without embeddings"
+        )
+    return embedding
 
 
 def unconditional_inputs(task: str, inputs: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -160,6 +160,10 @@ class InitConfig:
     path: str | None = None  # any checkpoint: a stage export, an official SD 2.1 / SVD file
     first_stage_from_stage: str | None = None  # the VAE from another stage's export (e.g. autoencoder)
     first_stage_path: str | None = None
+    # Video diffusion stages decode with this run's temporal decoder export when it exists (null: never), or with
+    # temporal_decoder_path (a temporal_decoder stage export; filled from the former when found). init_weights.py.
+    temporal_decoder_from_stage: str | None = "temporal_decoder"
+    temporal_decoder_path: str | None = None
     keep: list[str] = field(default_factory=list)  # components that keep their built weights: unet, first_stage, ...
 
 

@@ -5,6 +5,12 @@ official key prefixes, see ``models/latent_diffusion.py``), ``config.yaml`` (the
 ``export.json`` (stage, objective, task, step, frames, size and ``run_id``). The folder is written under a temporary
 name and renamed when complete; a previous export is replaced only then, and a full disk leaves no temporary folder.
 
+Which decoder a stage decodes with is in ``export.json`` too (``decoder_meta``): ``decoder`` (``kl`` or
+``temporal``) for a diffusion stage, with ``temporal_decoder`` (the temporal_decoder export it took, and its
+``temporal_decoder_run_id``) and ``kl_autoencoder`` (the autoencoder export that decoder was trained from, whose KL
+decoder ``kl_first_stage`` gives back, e.g. for ``scripts/sample.py --decoder kl``); a temporal_decoder export names
+its ``kl_autoencoder`` as well.
+
 The run id (new at every fresh start, carried through resumes by the checkpoints) is written into all three files:
 the safetensors metadata, ``export.json`` and a first comment line of ``config.yaml`` (a comment, so the file stays
 a plain training config). Loading an export or handing it to the next stage checks that they agree, so weights
@@ -137,6 +143,65 @@ def read_export_meta(folder: str | os.PathLike[str]) -> tuple[DictConfig, dict[s
     config = OmegaConf.load(folder / CONFIG_FILE)
     meta = json.loads((folder / META_FILE).read_text())
     return config, meta
+
+
+def _kl_source(cfg: Any) -> Path | None:
+    """The autoencoder a stage took its first stage from (first_stage_from_stage / _path, else its init source)."""
+    init = cfg.stage.init
+    for from_stage, path in ((init.first_stage_from_stage, init.first_stage_path), (init.from_stage, init.path)):
+        if from_stage or path:
+            return resolve_weights_file(export_dir(cfg.paths, from_stage) if from_stage else path).resolve()
+    return None
+
+
+def decoder_meta(cfg: Any) -> dict[str, Any]:
+    """The ``export.json`` entries that say which decoder the stage's export decodes with (module docstring)."""
+    kl = _kl_source(cfg)
+    if cfg.stage.objective == "temporal_decoder":
+        return {"kl_autoencoder": str(kl)} if kl else {}
+    if cfg.stage.objective != "diffusion":
+        return {}
+    if cfg.model.autoencoder.temporal_decoder:
+        return {"decoder": "temporal"}  # SVD's own first stage
+    path = OmegaConf.select(cfg, "stage.init.temporal_decoder_path")
+    if not path:
+        return {"decoder": "kl"}
+    folder = resolve_weights_file(path).resolve().parent
+    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+    kl_source = meta.get("kl_autoencoder") or (str(kl) if cfg.stage.init.first_stage_from_stage else None)
+    return {
+        "decoder": "temporal",
+        "temporal_decoder": str(folder),
+        "temporal_decoder_run_id": meta.get(RUN_ID_KEY),
+        "kl_autoencoder": kl_source,
+    }
+
+
+def kl_first_stage(loaded: LoadedExport) -> torch.nn.Module:
+    """The KL autoencoder of a diffusion export that decodes with a trained temporal decoder: the one its
+    ``export.json`` names (``kl_autoencoder``), checked to have the export's encoder, on its device and dtype."""
+    from models.checkpoints.keys import strip_prefix
+    from models.checkpoints.layouts import read_first_stage
+    from models.vae import AutoencoderKL
+
+    path = loaded.meta.get("kl_autoencoder")
+    if not path:
+        raise ValueError(
+            "this export names no KL autoencoder (export.json kl_autoencoder): its temporal decoder stage did not "
+            "record one; sample with its temporal decoder (--decoder temporal)"
+        )
+    weights = resolve_weights_file(path)
+    if not weights.is_file():
+        raise ValueError(f"the KL autoencoder this export names ({path}, export.json kl_autoencoder) does not exist")
+    first_stage = loaded.model.first_stage
+    kl = AutoencoderKL(first_stage.spec, scale_factor=first_stage.scale_factor)
+    state = strip_prefix(read_first_stage(weights)[0], "first_stage_model.")
+    kl.load_state_dict(state, strict=True)
+    ours = first_stage.state_dict()
+    if any(not torch.equal(v, ours[k].cpu()) for k, v in state.items() if k.startswith(("encoder.", "quant_conv."))):
+        raise ValueError(f"{path} has another encoder than this export's first stage; it is not its KL autoencoder")
+    reference = next(first_stage.parameters())
+    return kl.to(device=reference.device, dtype=reference.dtype).eval().requires_grad_(False)
 
 
 def load_export(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> LoadedExport:

@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from models.checkpoints.components import (
@@ -51,6 +54,8 @@ from models.checkpoints.inflation import inflate_image_unet
 from models.checkpoints.keys import add_prefix, with_prefix
 from models.checkpoints.layouts import CheckpointSource, normalise_layout, read_checkpoint, read_first_stage
 from models.latent_diffusion import COMPONENT_PREFIXES, FIRST_STAGE_PREFIX, UNET_PREFIX
+from train.export import MODEL_FILE, check_export_run_id, export_dir, resolve_weights_file
+from train.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +119,110 @@ def load_init_weights(
     target.load_state_dict(m.merged, strict=True)
     log.info(report.summary())
     return report
+
+
+# --- the temporal (deflickering) decoder of a video diffusion stage -------------------------------------------------
+# A video diffusion stage decodes with a trained temporal_decoder stage export: the one stage.init.temporal_decoder_path
+# names, or this run's export of stage.init.temporal_decoder_from_stage ("temporal_decoder") when it exists, found
+# automatically at the start of the stage and written into temporal_decoder_path (so config.yaml records it). The
+# stage's first stage is then that export's: the KL encoder and quant_conv it was trained on, bit for bit (checked
+# against the first stage the stage would load otherwise), with the video decoder. Latents and losses are unchanged.
+
+ENCODER_PARTS = ("encoder.", "quant_conv.")
+
+
+def resolve_temporal_decoder(cfg: Any, *, resumed: Path | None = None) -> Path | None:
+    """The temporal decoder export of a diffusion stage (None: the KL decoder); fills temporal_decoder_path.
+
+    ``resumed``: the stage folder when the stage resumes a checkpoint; then the decoder its config.yaml (written when
+    it started) names is kept, whatever exists now, since the checkpoint holds that first stage.
+    """
+    init = cfg.stage.init
+    if cfg.stage.objective != "diffusion" or cfg.model.autoencoder.temporal_decoder:
+        if init.temporal_decoder_path:
+            raise ValueError(
+                "stage.init.temporal_decoder_path is for diffusion stages whose first stage is the KL autoencoder; "
+                "this stage trains an autoencoder or already has SVD's temporal one "
+                "(model.autoencoder.temporal_decoder)"
+            )
+        return None
+    video = get_task(cfg.conditioner.task).video
+    if init.temporal_decoder_path:
+        if not video:
+            raise ValueError(
+                f"stage.init.temporal_decoder_path: task {cfg.conditioner.task} samples single images; the temporal "
+                "decoder decodes clips, name it in a video stage (or leave it unset here)"
+            )
+        path = resolve_weights_file(init.temporal_decoder_path)
+        if not path.is_file():
+            raise ValueError(f"stage.init.temporal_decoder_path={init.temporal_decoder_path}: no such export or file")
+        return path
+    if not init.temporal_decoder_from_stage or not video:
+        return None
+    if resumed is not None and (resumed / "config.yaml").is_file():
+        previous = OmegaConf.select(OmegaConf.load(resumed / "config.yaml"), "stage.init.temporal_decoder_path")
+        if not previous:
+            log.info("%s started with the KL decoder and resumes with it (resume=never starts afresh)", resumed)
+            return None
+        init.temporal_decoder_path = previous
+        return resolve_weights_file(previous)
+    folder = export_dir(cfg.paths, init.temporal_decoder_from_stage)
+    if not (folder / MODEL_FILE).is_file():
+        log.info(
+            "no %s export in this run (%s): decoding with the KL decoder", init.temporal_decoder_from_stage, folder
+        )
+        return None
+    init.temporal_decoder_path = str(folder)
+    return folder / MODEL_FILE
+
+
+def _first_stage(path: Path, parts: tuple[str, ...] = ("",)) -> dict[str, torch.Tensor]:
+    """The ``first_stage_model.<part>*`` tensors of a checkpoint (empty: it has no first stage)."""
+    prefixes = tuple(FIRST_STAGE_PREFIX + p for p in parts)
+    if path.suffix == ".safetensors" and path.is_file():  # only the first stage's tensors, not a whole UNet
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}  # noqa: SIM118
+    try:
+        first, _ = read_first_stage(path)
+    except ValueError:
+        return {}
+    return {k: v for k, v in first.items() if k.startswith(prefixes)}
+
+
+def temporal_first_stage_source(cfg: Any, *, source: Path | None, first_stage: Path | None) -> Path | None:
+    """The first-stage source of a diffusion stage: its temporal decoder export when it has one, else ``first_stage``.
+
+    The export's encoder and ``quant_conv`` must equal those of the first stage the stage would otherwise load
+    (``first_stage``, else the ``source``'s), so the latents stay bit for bit what the KL autoencoder gives.
+    """
+    path = OmegaConf.select(cfg, "stage.init.temporal_decoder_path")
+    if cfg.stage.objective != "diffusion" or not path:
+        return first_stage
+    weights = resolve_weights_file(path)
+    if Path(path).is_dir():
+        check_export_run_id(path)
+    temporal = _first_stage(weights)
+    if not any(".time_stack." in k for k in temporal) or any(".post_quant_conv." in k for k in temporal):
+        raise ValueError(
+            f"{path} is not a temporal_decoder stage export (a KL encoder with quant_conv and a video decoder without "
+            "post_quant_conv); train one with `python -m train stage=temporal_decoder ...`"
+        )
+    temporal = _first_stage(weights, ENCODER_PARTS)
+    reference = first_stage if first_stage is not None else source
+    expected = _first_stage(Path(reference), ENCODER_PARTS) if reference is not None else {}
+    if expected:
+        differing = sorted(set(expected) ^ set(temporal))
+        differing = differing or [k for k in expected if not torch.equal(expected[k], temporal[k])]
+        if differing:
+            raise ValueError(
+                f"the temporal decoder {path} was trained from another autoencoder than this stage's first stage "
+                f"({reference}): {differing[0]} differs (and {len(differing) - 1} more). Train the temporal_decoder "
+                "stage from the same autoencoder (stage.init.first_stage_from_stage), name another one with "
+                "stage.init.temporal_decoder_path, or decode with the KL decoder: "
+                "stage.init.temporal_decoder_from_stage=null"
+            )
+    same = f", encoder identical to {reference}'s" if expected else ""
+    print(f"[init] decoder: temporal, from {path}{same}", flush=True)
+    return weights

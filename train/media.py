@@ -1,4 +1,5 @@
-"""Writing sample videos (H.264 MP4 via PyAV, looping GIF via Pillow) and reading conditioning images.
+"""Writing sample videos (H.264 MP4 via PyAV, looping GIF via Pillow) and reading conditioning images (through the
+data pipeline's image decoder, so a sampled image is framed as training frames it).
 
 Both writers are atomic: they write a temporary file in the target folder and ``os.replace`` it onto the target,
 so a crash (or a reader polling the folder, e.g. a wandb upload) never sees a half-written file.
@@ -88,12 +89,17 @@ def write_gif(frames: Frames, path: str | os.PathLike[str], fps: float) -> Path:
     return Path(path)
 
 
-def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """An image file -> uint8 (3, H, W) RGB tensor (the input ``train.sampling.sample_video`` takes)."""
-    from PIL import Image
+def read_image(path: str | os.PathLike[str], *, size: tuple[int, int]) -> torch.Tensor:
+    """A conditioning image file -> uint8 (3, H, W) RGB at ``size`` = (H, W), read exactly as training reads images:
+    ``data.image_decode.decode_image`` (EXIF orientation applied, every PIL mode to RGB the same way) with the data
+    pipeline's cover-resize and centre crop (``data.transforms.resize_and_crop``). The one reader of the sampler
+    (``scripts/sample.py``), the sample and evaluation callbacks and ``scripts/evaluate.py``."""
+    from data.errors import BadSample
+    from data.image_decode import decode_image
 
     if not Path(path).is_file():
         raise ValueError(f"no image file at {path}; pass the path of a PNG / JPEG conditioning image")
-    with Image.open(path) as img:
-        array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    try:
+        return decode_image(Path(path).read_bytes(), size=size, crop="center").frame
+    except BadSample as exc:
+        raise ValueError(f"cannot read the conditioning image {path}: {exc}") from exc

@@ -18,7 +18,8 @@ from train.builders import build_objective, dataset_config
 from train.checkpointing import DiskFullError, PeriodicCheckpoint, RunFolderError
 from train.config import validate
 from train.datamodule import StreamDataModule
-from train.export import check_export_run_id, export_dir, resolve_weights_file, stage_dir, write_export
+from train.export import check_export_run_id, decoder_meta, export_dir, resolve_weights_file, stage_dir, write_export
+from train.init_weights import resolve_temporal_decoder, temporal_first_stage_source
 from train.module import LoopSettings, OptimSettings, StageModule
 from train.preemption import PreemptionCheckpoint
 from train.run_folder import METRICS_FILE, USER_ERROR_EXIT, prepare_stage_folder
@@ -63,6 +64,8 @@ def initialise(cfg: Any, objective: Any) -> None:
         path=init.first_stage_path,
         what="stage.init.first_stage_from_stage",
     )
+    # A video stage with a temporal decoder export takes its first stage (KL encoder + video decoder) from there.
+    first_stage = temporal_first_stage_source(cfg, source=source, first_stage=first_stage)
     if source is None and first_stage is None:
         if init.keep:
             log.info("no init weights: the model starts as built (stage.init.keep=%s)", list(init.keep))
@@ -176,6 +179,8 @@ def run(cfg: DictConfig) -> int:
     folder = stage_dir(cfg.paths, cfg.stage.name)
     try:
         resume = prepare_stage_folder(folder, resume=cfg.resume, root=str(cfg.paths.root))
+        # before config.yaml is written, so that it names the decoder used; a resumed stage keeps its decoder
+        resolve_temporal_decoder(cfg, resumed=folder if resume is not None else None)
         (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         return fit_stage(cfg, folder, resume)
     except (RunFolderError, DiskFullError) as err:
@@ -253,6 +258,7 @@ def fit_stage(cfg: DictConfig, folder: Path, resume: Path | None) -> int:
             "width": cfg.stage.width,
             "ema": cfg.stage.ema.enabled,
             "run_id": module.run_id,
+            **decoder_meta(cfg),
         }
         out = write_export(export_dir(cfg.paths, cfg.stage.name), state, config=cfg, meta=meta)
         print(f"[export] {out}", flush=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.conditioners import resize_bicubic
+from data.transforms import resize_and_crop, to_model_range
 from models.diffusion import EDMDiscretization, EulerEDMSampler, Guider, LinearPredictionGuider, VanillaCFG
 from models.latent_diffusion import LatentDiffusion
 from train.conditioning import conditioner_inputs, latent_hw, per_frame, unconditional_inputs
@@ -68,19 +68,13 @@ def grid_factor(model: LatentDiffusion) -> int:
 
 
 def prepare_image(image: torch.Tensor, *, height: int, width: int) -> torch.Tensor:
-    """A (3, H, W) uint8 or [-1, 1] float image -> float (3, height, width) in [-1, 1], resized and centre-cropped."""
+    """A (3, H, W) uint8 or [-1, 1] float image -> float (3, height, width) in [-1, 1], cover-resized and
+    centre-cropped as training frames are (``data.transforms.resize_and_crop``, in uint8; a float image is rounded
+    to 8 bits first). ``train.media.read_image`` gives images at the stage size already (no resize here)."""
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image has shape {tuple(image.shape)}; pass one RGB image as a (3, H, W) tensor")
-    x = image.float() / 127.5 - 1.0 if image.dtype == torch.uint8 else image.float()
-    h, w = x.shape[-2:]
-    if (h, w) == (height, width):
-        return x
-    # Scale so the image covers the target, then crop the centre (keeps the aspect ratio, no padding).
-    scale = max(height / h, width / w)
-    rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
-    x = resize_bicubic(x[None], (rh, rw), mode="torch")[0]
-    top, left = (rh - height) // 2, (rw - width) // 2
-    return x[:, top : top + height, left : left + width].clamp(-1.0, 1.0)
+    pixels = image if image.dtype == torch.uint8 else (image.float().clamp(-1.0, 1.0) + 1.0) * 127.5
+    return to_model_range(resize_and_crop(pixels[None].cpu(), size=(height, width), crop="center")[0])
 
 
 def to_uint8_frames(frames: torch.Tensor) -> torch.Tensor:

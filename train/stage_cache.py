@@ -16,33 +16,51 @@ from data.latent_cache_writer import CacheSettings, Encoders, cache_shard
 from data.shard_writer import mark_done, output_names
 from data.sources import expand_urls
 from data.video_decode import ClipSpec
+from models.conditioners import CLIP_EMBEDDING_KEY
 from train.builders import build_objective, dataset_config
 from train.config import SourceSchema
 from train.run import initialise
 
 
-def stage_vae(cfg: Any) -> nn.Module:
-    """The stage's frozen VAE exactly as ``train.run.run`` builds and initialises it (same seed, same init)."""
+def stage_model(cfg: Any) -> nn.Module:
+    """The stage's ``LatentDiffusion`` exactly as ``train.run.run`` builds and initialises it (same seed, same init)."""
     torch.manual_seed(cfg.seed)
     objective = build_objective(cfg)
     initialise(cfg, objective)
-    return objective.model.first_stage
+    return objective.model
+
+
+def stage_vae(cfg: Any) -> nn.Module:
+    """The stage's frozen VAE exactly as ``train.run.run`` builds and initialises it."""
+    return stage_model(cfg).first_stage
+
+
+def clip_tower(model: nn.Module) -> nn.Module | None:
+    """The CLIP image tower (``FrozenOpenCLIPImageEmbedder``) whose embeddings the model's conditioner can take from
+    a cache, or None (a text task)."""
+    embedder = model.conditioner.cached_embedders().get(CLIP_EMBEDDING_KEY)
+    return None if embedder is None else embedder.open_clip
 
 
 def cache_stage_sources(
-    cfg: Any, out: Path, *, vae: nn.Module, device: str = "cpu", batch_size: int = 16
+    cfg: Any, out: Path, *, vae: nn.Module, clip: nn.Module | None = None, device: str = "cpu", batch_size: int = 16
 ) -> list[dict[str, Any]]:
-    """Cache every source of the stage's data config with ``vae`` under ``out/<source index>/``.
+    """Cache every source of the stage's data config with ``vae`` (and, given ``clip``, the CLIP image embeddings:
+    ``clip_tower`` of the stage's model) under ``out/<source index>/``.
 
     The clips are cut as the stage asks (frames, rate, size, on_short; centred window and crop, as every cache).
     Returns the ``data.sources`` entries that point at the cached shards (same weights and names).
     """
-    clip = dataset_config(cfg, seed=cfg.seed).clip
+    spec = dataset_config(cfg, seed=cfg.seed).clip
     vae = vae.to(device).eval().requires_grad_(False)
-    info = {"source": f"stage {cfg.stage.name} (seed {cfg.seed})", "sha256": None, "kind": type(vae).__name__}
+    made_by = f"stage {cfg.stage.name} (seed {cfg.seed})"
+    info = {"source": made_by, "sha256": None, "kind": type(vae).__name__}
     encoders = Encoders(vae=vae, vae_info=info, clip=None, clip_name=None)
-    target_fps = None if clip.target_fps is None else float(clip.target_fps)
-    cut = ClipSpec(num_frames=clip.num_frames, target_fps=target_fps, size=tuple(clip.size), on_short=clip.on_short)
+    if clip is not None:
+        fingerprint = clip.fingerprint()  # before the move to the device
+        encoders = Encoders(vae, info, clip.to(device).eval(), made_by, clip_fingerprint=fingerprint)
+    target_fps = None if spec.target_fps is None else float(spec.target_fps)
+    cut = ClipSpec(num_frames=spec.num_frames, target_fps=target_fps, size=tuple(spec.size), on_short=spec.on_short)
     settings = CacheSettings(clip=cut, batch_size=batch_size, device=device, dtype=torch.float32, workers=0)
     sources = []
     for index, source in enumerate(cfg.data.sources):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from models.conditioners import (
+    CLIP_EMBEDDING_KEY,
     SVD_INPUT_KEYS,
     SVD_UC_ZERO_KEYS,
     GeneralConditioner,
@@ -117,17 +118,21 @@ def image_inputs(
     cond_image: torch.Tensor | None = None,
     cond_aug: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    clip_image_embedding: torch.Tensor | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     if cond_image is None or cond_aug is None:
         raise ValueError("i2v conditioning needs cond_image (the clean first frame) and cond_aug")
-    return {
+    inputs = {
         "cond_frames_without_noise": cond_image,
         "cond_frames": add_cond_noise(cond_image, cond_aug, generator=generator),
         "fps_id": fps_id.float(),
         "motion_bucket_id": motion_bucket_id.float(),
         "cond_aug": cond_aug.float(),
     }
+    if clip_image_embedding is not None:  # cached: the conditioner skips its CLIP tower (same dtype as the tower's)
+        inputs[CLIP_EMBEDDING_KEY] = clip_image_embedding.to(cond_image.dtype)
+    return inputs
 
 
 def empty_caption(inputs: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from data.errors import BadSample
-from data.sources import expand_urls, iter_shard_records
+from data.sources import expand_urls, is_remote, iter_shard_records
 
 VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "flv", "wmv", "3gp", "gif")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -88,7 +88,7 @@ def list_units(spec: str | Sequence[str]) -> list[InputUnit]:
             if not urls:
                 raise ValueError(f"input {one!r} matches no shards or video files")
             for url in urls:
-                if not url.startswith("pipe:") and not Path(url.removeprefix("file:")).exists():
+                if not is_remote(url) and not Path(url.removeprefix("file:")).exists():
                     raise ValueError(f"input shard {url} does not exist")
                 units.append(InputUnit(_shard_unit_name(url), "shard", url))
     units.sort(key=lambda u: u.name)

@@ -34,8 +34,9 @@ Not carried by a diffusers folder (``ConversionNotes`` lists the keys):
 
 Not expressible (ValueError): UNet specs per ``diffusers_unet``; a temporal first stage with ``post_quant_conv``
 (diffusers' temporal VAE has none, and folding it into the zero-padded ``conv_in`` is wrong at the borders);
-a temporal VAE with ``num_res_blocks != 2`` (diffusers' temporal mid block has ``layers_per_block`` ResBlocks,
-sgm's always two); ``embed_dim != z_channels``; a CLIP tower transformers cannot represent.
+a temporal VAE with ``num_res_blocks > 2`` (diffusers' temporal mid block has ``layers_per_block`` ResBlocks,
+sgm's always two; ``num_res_blocks=1`` is written with exact identity blocks, ``diffusers_vae``);
+``embed_dim != z_channels``; a CLIP tower transformers cannot represent.
 
 GroupNorm eps: diffusers builds some UNet ResBlock norms with eps 1e-6 (``CrossAttnDownBlockSpatioTemporal``
 hard-codes it, ``get_up_block`` does not pass ``resnet_eps`` on); no config key changes that, and no weight can
@@ -283,7 +284,8 @@ def _vae_component(
         if first_stage.post_quant_conv is not None:
             raise ValueError(
                 "this temporal first stage has a post_quant_conv (quant_convs=True), which diffusers' "
-                "AutoencoderKLTemporalDecoder lacks and which cannot be folded into its zero-padded conv_in exactly"
+                "AutoencoderKLTemporalDecoder lacks and which cannot be folded into its zero-padded conv_in exactly; "
+                "the temporal_decoder stage trains without one (temporal_from_kl(kl, fold_post_quant_conv=True))"
             )
         time_conv = first["decoder.conv_out.time_mix_conv.weight"]
         if tuple(time_conv.shape[2:]) != (3, 1, 1):
@@ -292,11 +294,15 @@ def _vae_component(
         ours = {k: v for k, v in encoder.items() if k.startswith("encoder.")} | decoder
         theirs = to_diffusers_temporal_vae_state_dict(ours)
         theirs |= {k: encoder[k] for k in ("quant_conv.weight", "quant_conv.bias")}
-        dropped_first = {k: v for k, v in first.items() if k.startswith("encoder.")}
-        same = _identical(
-            fold_quant_conv(strip_prefix(encoder, "encoder."), *_quant(encoder)),
-            strip_prefix(dropped_first, "encoder."),
-        )
+        if first_stage.quant_conv is not None:  # the temporal_decoder stage's layout: the KL encoder as is
+            dropped_first = {k: v for k, v in first.items() if k.startswith(("encoder.", "quant_conv."))}
+            same = _identical(dropped_first, encoder)
+        else:
+            dropped_first = {k: v for k, v in first.items() if k.startswith("encoder.")}
+            same = _identical(
+                fold_quant_conv(strip_prefix(encoder, "encoder."), *_quant(encoder)),
+                strip_prefix(dropped_first, "encoder."),
+            )
         class_name, temporal = TEMPORAL_VAE, True
     elif isinstance(first_stage, AutoencoderKL):
         decoder = {k: v for k, v in first.items() if k.startswith(("decoder.", "post_quant_conv."))}

@@ -19,7 +19,11 @@
   ``time_mixer.mix_factor`` (diffusers' ``switch_spatial_to_temporal_mix`` gives the same blend);
   ``conv_out.time_mix_conv`` -> ``time_conv_out``.
 * diffusers' temporal VAE always has a ``quant_conv``; SVD's first stage has none, so an identity 1x1 conv is
-  written.
+  written (a first stage with its own ``quant_conv``, as the ``temporal_decoder`` stage trains, writes its own).
+* diffusers' temporal VAE needs ``layers_per_block=2`` (its mid block has ``layers_per_block`` ResBlocks, sgm's two);
+  a ``num_res_blocks=1`` autoencoder (the tiny/demo one) is written with ``TEMPORAL_LAYERS`` ResBlocks per level,
+  the extra ones exact identities: all-zero convs (``x + conv2(...) = x``; the temporal half likewise, and its
+  ``mix_factor`` 0 blends two equal tensors). Read back, it is a ``num_res_blocks=2`` autoencoder computing the same.
 """
 
 from __future__ import annotations
@@ -105,16 +109,54 @@ def to_diffusers_vae_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, tor
     return _convert(sd, temporal=False)
 
 
+TEMPORAL_LAYERS = 2  # layers_per_block of every diffusers temporal VAE this module writes
+
+
+def _num_res_blocks(sd: Mapping[str, torch.Tensor]) -> int:
+    return 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)))
+
+
+def _identity_blocks(out: dict[str, Tensor], block: str, have: int, want: int) -> None:
+    """Add ResBlocks ``{block}.{have}`` .. ``{want - 1}``, all zero but for GroupNorm weights 1: identities.
+
+    Shapes come from block ``have - 1`` of the same level, whose conv2 / norm2 already have the output width.
+    """
+    template = {
+        k.removeprefix(f"{block}.{have - 1}."): v for k, v in out.items() if k.startswith(f"{block}.{have - 1}.")
+    }
+    for j in range(have, want):
+        for name in template:
+            if name.startswith("conv_shortcut.") or ".conv_shortcut." in name:
+                continue
+            like = template[name.replace("conv1.", "conv2.").replace("norm1.", "norm2.")]
+            fill = 1.0 if re.search(r"norm\d\.weight$", name) else 0.0
+            out[f"{block}.{j}.{name}"] = torch.full_like(like, fill)
+
+
 def to_diffusers_temporal_vae_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our ``TemporalAutoencoder`` state dict -> diffusers ``AutoencoderKLTemporalDecoder``."""
-    if "quant_conv.weight" in sd or "post_quant_conv.weight" in sd:
-        raise ValueError("quant convs found: this is an AutoencoderKL state dict; use to_diffusers_vae_state_dict")
-    out = _convert(sd, temporal=True)
+    """Our ``TemporalAutoencoder`` state dict -> diffusers ``AutoencoderKLTemporalDecoder``.
+
+    Its ``quant_conv`` is written when it has one (and an identity when not); a ``post_quant_conv`` has no place.
+    """
+    if "post_quant_conv.weight" in sd:
+        raise ValueError(
+            "post_quant_conv found: an AutoencoderKL (use to_diffusers_vae_state_dict) or a temporal autoencoder "
+            "with both quant convs, which diffusers' AutoencoderKLTemporalDecoder cannot hold; build the temporal "
+            "decoder with models.vae.temporal_from_kl(kl, fold_post_quant_conv=True)"
+        )
+    quant = {k: sd[k] for k in ("quant_conv.weight", "quant_conv.bias") if k in sd}
+    out = _convert({k: v for k, v in sd.items() if k not in quant}, temporal=True)
     moments = sd["encoder.conv_out.weight"]
     channels = moments.shape[0]
     # diffusers applies quant_conv after the encoder; identity keeps the SVD encoder's moments unchanged.
     out["quant_conv.weight"] = torch.eye(channels, dtype=moments.dtype, device=moments.device)[:, :, None, None]
     out["quant_conv.bias"] = torch.zeros(channels, dtype=moments.dtype, device=moments.device)
+    out |= quant
+    blocks = _num_res_blocks(sd)
+    if blocks < TEMPORAL_LAYERS:
+        for i in range(_num_up_levels(sd)):
+            _identity_blocks(out, f"encoder.down_blocks.{i}.resnets", blocks, TEMPORAL_LAYERS)
+            _identity_blocks(out, f"decoder.up_blocks.{i}.resnets", blocks + 1, TEMPORAL_LAYERS + 1)
     return out
 
 
@@ -124,10 +166,10 @@ def vae_config(spec: AutoencoderSpec, *, temporal: bool, scale_factor: float) ->
         raise ValueError(f"attn_resolutions={spec.attn_resolutions}: diffusers' VAE has mid-block attention only")
     if spec.embed_dim != spec.z_channels:
         raise ValueError(f"embed_dim={spec.embed_dim} != z_channels={spec.z_channels}: diffusers' VAE has one size")
-    if temporal and spec.num_res_blocks != 2:
+    if temporal and spec.num_res_blocks > TEMPORAL_LAYERS:
         raise ValueError(
             f"num_res_blocks={spec.num_res_blocks}: diffusers' temporal VAE mid block has layers_per_block ResBlocks "
-            "where sgm's has two, so only num_res_blocks=2 (SVD's) is expressible"
+            "where sgm's has two, so only num_res_blocks <= 2 (SVD's 2; 1 written with identity blocks) is expressible"
         )
     levels = len(spec.ch_mult)
     config = {
@@ -135,7 +177,7 @@ def vae_config(spec: AutoencoderSpec, *, temporal: bool, scale_factor: float) ->
         "out_channels": spec.out_ch,
         "down_block_types": ["DownEncoderBlock2D"] * levels,
         "block_out_channels": [spec.ch * m for m in spec.ch_mult],
-        "layers_per_block": spec.num_res_blocks,
+        "layers_per_block": TEMPORAL_LAYERS if temporal else spec.num_res_blocks,
         "latent_channels": spec.z_channels,
         "sample_size": spec.resolution,
         "scaling_factor": scale_factor,

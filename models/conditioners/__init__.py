@@ -7,6 +7,7 @@ from models.conditioners.open_clip_factory import build_open_clip, tiny_open_cli
 from models.conditioners.open_clip_image import FrozenOpenCLIPImageEmbedder, FrozenOpenCLIPImagePredictionEmbedder
 from models.conditioners.open_clip_text import FrozenOpenCLIPEmbedder
 from models.conditioners.presets import (
+    CLIP_EMBEDDING_KEY,
     SVD_INPUT_KEYS,
     SVD_UC_ZERO_KEYS,
     build_sd21_text_conditioner,
@@ -18,6 +19,7 @@ from models.conditioners.presets import (
 from models.conditioners.timestep import ConcatTimestepEmbedderND
 
 __all__ = [
+    "CLIP_EMBEDDING_KEY",
     "SVD_INPUT_KEYS",
     "SVD_UC_ZERO_KEYS",
     "ConcatLatentEmbedder",

@@ -9,6 +9,13 @@ probability. By default a dropped sample's embedding is zeroed (what sgm does fo
 ``ucg_value`` set, the dropped samples' *inputs* are replaced by that value before embedding instead (sgm's
 ``legacy_ucg_value``); the text presets use ``ucg_value=""`` so that a dropped caption is the empty-prompt
 embedding, the same unconditional context SD 2.1 sampling uses. All randomness comes from ``generator``.
+
+Precomputed embeddings: an embedder with a ``cached_key`` (SVD's CLIP image embedder: ``clip_image_embedding``,
+what ``scripts/cache_latents.py`` stores) takes the batch's ``cached_key`` entry through its ``embed_cached``
+instead of running on ``input_key`` when the batch carries it; ucg dropout and forced zeros then apply to the
+result exactly as to a fresh embedding (the same generator draws), so both paths give the same conditioning.
+Whether the cached values were made by this embedder is the caller's check (``fingerprint()`` of the embedder
+against the one the cache records; ``train.conditioning.cached_clip_embedding``).
 """
 
 from __future__ import annotations
@@ -35,10 +42,23 @@ class EmbedderSpec:
     is_trainable: bool = False
     # Replace dropped *inputs* by this value (e.g. "" for captions) instead of zeroing dropped embeddings.
     ucg_value: Any = None
+    # A batch entry with this embedder's precomputed outputs (see the module docstring); the module needs
+    # ``embed_cached(value)`` and ``fingerprint()``.
+    cached_key: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ucg_rate <= 1.0:
             raise ValueError(f"ucg_rate={self.ucg_rate} for {self.input_key!r} must be a probability in [0, 1]")
+        if self.cached_key is None:
+            return
+        if self.is_trainable or self.ucg_value is not None:
+            raise ValueError(
+                f"cached_key={self.cached_key!r} needs a frozen embedder whose dropped samples are zeroed "
+                "(is_trainable=False, ucg_value=None): precomputed embeddings cannot follow trained weights or "
+                "replaced inputs"
+            )
+        if not hasattr(self.module, "embed_cached") or not hasattr(self.module, "fingerprint"):
+            raise ValueError(f"{type(self.module).__name__} has no embed_cached/fingerprint; it cannot take cached_key")
 
 
 def _keep_mask(n: int, rate: float, *, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -90,6 +110,10 @@ class GeneralConditioner(nn.Module):
     def input_keys(self) -> list[str]:
         return [spec.input_key for spec in self.specs]
 
+    def cached_embedders(self) -> dict[str, nn.Module]:
+        """``cached_key -> embedder`` for the embedders that can take precomputed outputs."""
+        return {s.cached_key: m for m, s in zip(self.embedders, self.specs, strict=True) if s.cached_key is not None}
+
     def _embed_one(
         self,
         module: nn.Module,
@@ -99,6 +123,12 @@ class GeneralConditioner(nn.Module):
         ucg: bool,
         generator: torch.Generator | None,
     ) -> list[torch.Tensor]:
+        if spec.cached_key is not None and batch.get(spec.cached_key) is not None:
+            with torch.no_grad():  # a cached_key embedder is frozen (EmbedderSpec checks)
+                out = module.embed_cached(batch[spec.cached_key])
+            return self._drop(
+                list(out) if isinstance(out, (list, tuple)) else [out], spec, ucg=ucg, generator=generator
+            )
         if spec.input_key not in batch:
             raise ValueError(
                 f"batch has no {spec.input_key!r} for {type(module).__name__}; batch keys: {sorted(batch)}"
@@ -112,7 +142,14 @@ class GeneralConditioner(nn.Module):
         with nullcontext() if spec.is_trainable else torch.no_grad():
             out = module(value)
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
-        if ucg and spec.ucg_rate > 0.0 and not drop_inputs:
+        return outs if drop_inputs else self._drop(outs, spec, ucg=ucg, generator=generator)
+
+    @staticmethod
+    def _drop(
+        outs: list[torch.Tensor], spec: EmbedderSpec, *, ucg: bool, generator: torch.Generator | None
+    ) -> list[torch.Tensor]:
+        """Zero each sample's outputs with probability ``spec.ucg_rate`` (ucg dropout on the embeddings)."""
+        if ucg and spec.ucg_rate > 0.0:
             keep = _keep_mask(outs[0].shape[0], spec.ucg_rate, generator=generator, device=outs[0].device)
             outs = [o * keep.reshape(-1, *([1] * (o.ndim - 1))).to(o.dtype) for o in outs]
         return outs

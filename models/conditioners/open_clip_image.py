@@ -7,6 +7,7 @@ released checkpoints (RECIPE 2).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +47,10 @@ class FrozenOpenCLIPImageEmbedder(nn.Module):
         self.frozen = freeze
         self.register_buffer("mean", torch.tensor(CLIP_MEAN), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD), persistent=False)
+        self._fingerprint: str | None = None
+        # New weights make a new embedder: forget the fingerprint (the hook runs for this module whichever ancestor
+        # load_state_dict is called on).
+        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_fingerprint", None))
         if freeze:
             freeze_(self)
 
@@ -63,6 +68,30 @@ class FrozenOpenCLIPImageEmbedder(nn.Module):
         x = resize_bicubic(x, self.image_size, mode=self.resize)
         x = (x + 1.0) / 2.0
         return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of everything that decides the embedding: the preprocessing (input size, resize flavour,
+        mean, std) and every tensor of the visual tower rounded to bfloat16, so the same weights held in float32 or
+        bfloat16 (a cache made in bf16, a bf16-true trainer) have one fingerprint. Computed once and kept until new
+        weights are loaded (``load_state_dict``)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(repr((self.image_size, self.resize, CLIP_MEAN, CLIP_STD)).encode())
+            for name, tensor in sorted(self.model.visual.state_dict().items()):
+                value = tensor.detach().to("cpu", torch.bfloat16).contiguous()
+                digest.update(f"{name}:{tuple(value.shape)}".encode())
+                digest.update(value.view(torch.int16).numpy().tobytes())  # numpy has no bfloat16
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    @property
+    def has_fingerprint(self) -> bool:
+        """Whether ``fingerprint()`` is known already (no weights read: nothing to gather under ZeRO-3)."""
+        return self._fingerprint is not None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.ndim != 4 or image.shape[1] != 3:
@@ -92,6 +121,29 @@ class FrozenOpenCLIPImagePredictionEmbedder(nn.Module):
                 f"batch of {frames.shape[0]} images is not a multiple of n_cond_frames={self.n_cond_frames}; "
                 "stack the conditioning frames as (B * n_cond_frames, 3, H, W)"
             )
-        z = self.open_clip(frames)  # (B * t, D)
-        z = z.reshape(-1, self.n_cond_frames, z.shape[-1])  # (B, t, D)
+        return self._tokens(self.open_clip(frames))  # (B * t, D) -> (B * n_copies, t, D)
+
+    def _tokens(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.reshape(-1, self.n_cond_frames, z.shape[-1])  # (B * t, D) -> (B, t, D)
         return z.repeat_interleave(self.n_copies, dim=0)  # (B * n_copies, t, D)
+
+    def fingerprint(self) -> str:
+        """The image tower's fingerprint (what a latent cache records next to its embeddings)."""
+        return self.open_clip.fingerprint()
+
+    @property
+    def has_fingerprint(self) -> bool:
+        return self.open_clip.has_fingerprint
+
+    def embed_cached(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The tokens ``forward`` would give, from precomputed tower outputs: ``(B, n_cond_frames, D)`` (a latent
+        cache's ``clip_image_embedding``) or ``(B * n_cond_frames, D)``; the tower does not run."""
+        d = self.open_clip.embed_dim
+        if embedding.ndim not in (2, 3) or embedding.shape[-1] != d or embedding.numel() % (self.n_cond_frames * d):
+            raise ValueError(
+                f"cached CLIP image embeddings of shape {tuple(embedding.shape)} do not fit this tower "
+                f"(n_cond_frames={self.n_cond_frames}, embed_dim={d}); cache them with the conditioner's CLIP model"
+            )
+        if embedding.ndim == 3 and embedding.shape[1] != self.n_cond_frames:
+            raise ValueError(f"cached embeddings carry {embedding.shape[1]} frames; expected {self.n_cond_frames}")
+        return self._tokens(embedding.reshape(-1, d))

@@ -29,6 +29,9 @@ from models.conditioners.timestep import ConcatTimestepEmbedderND
 SVD_INPUT_KEYS = ("cond_frames_without_noise", "fps_id", "motion_bucket_id", "cond_frames", "cond_aug")
 # What the unconditional branch zeroes at SVD sampling time (the vector conditions are kept).
 SVD_UC_ZERO_KEYS = ("cond_frames", "cond_frames_without_noise")
+# The batch entry with precomputed CLIP image embeddings (B, 1, D) that replaces running the ViT on
+# ``cond_frames_without_noise`` (a latent cache's ``clip_image_embedding``, data/latent_cache.py).
+CLIP_EMBEDDING_KEY = "clip_image_embedding"
 
 
 def _check_rates(ucg_rates: Mapping[str, float] | None, valid: tuple[str, ...]) -> dict[str, float]:
@@ -65,7 +68,13 @@ def build_svd_conditioner(
         ),
         "cond_aug": ConcatTimestepEmbedderND(256),
     }
-    return GeneralConditioner([EmbedderSpec(modules[key], key, ucg_rate=rates.get(key, 0.0)) for key in SVD_INPUT_KEYS])
+    cached = {"cond_frames_without_noise": CLIP_EMBEDDING_KEY}
+    return GeneralConditioner(
+        [
+            EmbedderSpec(modules[key], key, ucg_rate=rates.get(key, 0.0), cached_key=cached.get(key))
+            for key in SVD_INPUT_KEYS
+        ]
+    )
 
 
 def build_tiny_svd_conditioner(

@@ -7,7 +7,7 @@ from .distributions import DiagonalGaussianDistribution
 from .encoder import Encoder
 from .spec import AutoencoderSpec, tiny_autoencoder_spec
 from .temporal_decoder import AE3DConv, VideoDecoder, VideoResnetBlock
-from .temporal_init import init_temporal_identity_, is_temporal_decoder_key, temporal_from_kl
+from .temporal_init import folded_post_quant_conv, init_temporal_identity_, is_temporal_decoder_key, temporal_from_kl
 
 __all__ = [
     "AE3DConv",
@@ -24,6 +24,7 @@ __all__ = [
     "VideoDecoder",
     "VideoResnetBlock",
     "build_autoencoder",
+    "folded_post_quant_conv",
     "init_temporal_identity_",
     "is_temporal_decoder_key",
     "temporal_from_kl",

@@ -5,6 +5,8 @@
 * ``TemporalAutoencoder``: Encoder + ``VideoDecoder`` and NO quant convs (sgm ``AutoencodingEngine`` of
   svd.yaml). Keys match SVD ``first_stage_model``. ``quant_convs=True`` adds the KL pair, so a temporal decoder
   can sit on SD 2.1's latent space (``temporal_init.temporal_from_kl``); that layout is ours, not an official one.
+  ``post_quant_conv=False`` then drops the decoder half of the pair (folded into ``decoder.conv_in``): the layout
+  the ``temporal_decoder`` stage trains, which diffusers' ``AutoencoderKLTemporalDecoder`` holds exactly.
 
 Both return a ``DiagonalGaussianDistribution`` from ``encode`` and scale latents by ``scale_factor`` in
 ``encode_latents`` / ``decode_latents`` (sgm ``DiffusionEngine.encode_first_stage`` / ``decode_first_stage``).
@@ -128,6 +130,7 @@ class TemporalAutoencoder(_LatentAutoencoder):
     ``quant_convs=True`` adds ``quant_conv`` / ``post_quant_conv`` as in ``AutoencoderKL`` (moments ->
     ``quant_conv`` -> posterior; ``z`` -> ``post_quant_conv`` -> decoder), the layout ``temporal_from_kl`` builds
     to finetune a temporal decoder on SD 2.1's KL latent space. The default keeps SVD's layout and keys exactly.
+    ``post_quant_conv`` (default: ``quant_convs``) keeps or drops the decoder's 1x1 conv on its own.
     """
 
     def __init__(
@@ -138,21 +141,23 @@ class TemporalAutoencoder(_LatentAutoencoder):
         merge_factor: float = 0.0,
         scale_factor: float = LATENT_SCALE_FACTOR,
         quant_convs: bool = False,
+        post_quant_conv: bool | None = None,
     ) -> None:
         super().__init__(scale_factor=scale_factor)
         spec = spec or AutoencoderSpec()
+        post_quant_conv = quant_convs if post_quant_conv is None else post_quant_conv
         if not spec.double_z:
             raise ValueError("TemporalAutoencoder needs double_z=True (the encoder must output mean and logvar)")
-        if not quant_convs and spec.embed_dim != spec.z_channels:
+        if not (quant_convs and post_quant_conv) and spec.embed_dim != spec.z_channels:
             raise ValueError(
-                f"TemporalAutoencoder has no quant convs: it needs embed_dim == z_channels (got "
+                f"TemporalAutoencoder without both quant convs needs embed_dim == z_channels (got "
                 f"embed_dim={spec.embed_dim}, z_channels={spec.z_channels}); set them equal or pass quant_convs=True"
             )
         self.spec = spec
         self.encoder = Encoder(spec)
         self.decoder = VideoDecoder(spec, video_kernel_size=video_kernel_size, merge_factor=merge_factor)
         self.quant_conv = nn.Conv2d(2 * spec.z_channels, 2 * spec.embed_dim, 1) if quant_convs else None
-        self.post_quant_conv = nn.Conv2d(spec.embed_dim, spec.z_channels, 1) if quant_convs else None
+        self.post_quant_conv = nn.Conv2d(spec.embed_dim, spec.z_channels, 1) if post_quant_conv else None
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         """Per-frame posterior. sgm's DiagonalGaussianRegularizer samples it; pick ``sample()`` or ``mode()``."""

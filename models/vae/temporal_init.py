@@ -13,6 +13,14 @@ the temporal layers set to the identity:
   ``(kt//2, kh//2, kw//2)`` and 0 elsewhere, bias 0, so the same-padded Conv3d returns its input.
 
 The decoder is then ``VideoDecoder(z) == Decoder(z)`` frame by frame, and training moves it away from there.
+
+``fold_post_quant_conv=True`` builds the layout diffusers' ``AutoencoderKLTemporalDecoder`` can hold (it has a
+``quant_conv`` but no ``post_quant_conv``): the 1x1 ``post_quant_conv`` (``y = P z + p``) is folded into the 3x3
+zero-padded ``decoder.conv_in`` (``W'_tap = W_tap P``, ``b' = b + sum_taps W_tap p``). That is exact wherever the
+3x3 window lies inside the latent; on the outermost latent ring the padded taps saw ``0`` where the fold adds their
+share of ``p``, so there the start differs from the KL decoder by ``sum_padded_taps W_tap p`` (zero when ``p = 0``).
+No 1x1/3x3 conv pair reproduces the padding of ``P z + p`` exactly; the ``temporal_decoder`` stage trains the whole
+decoder, ``conv_in`` included, from this start.
 """
 
 from __future__ import annotations
@@ -47,19 +55,40 @@ def init_temporal_identity_(decoder: VideoDecoder) -> None:
             module.time_mix_conv.bias.zero_()
 
 
-def temporal_from_kl(kl: AutoencoderKL, *, video_kernel_size: VideoKernelSize = (3, 1, 1)) -> TemporalAutoencoder:
+@torch.no_grad()
+def folded_post_quant_conv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (autoencoder keys) with ``post_quant_conv`` folded into ``decoder.conv_in`` (module docstring)."""
+    p_w, p_b = state.pop("post_quant_conv.weight")[:, :, 0, 0], state.pop("post_quant_conv.bias")
+    w, b = state["decoder.conv_in.weight"], state["decoder.conv_in.bias"]
+    state["decoder.conv_in.weight"] = torch.einsum("ochw,ci->oihw", w.double(), p_w.double()).to(w.dtype)
+    state["decoder.conv_in.bias"] = (b.double() + torch.einsum("ochw,c->o", w.double(), p_b.double())).to(b.dtype)
+    return state
+
+
+def temporal_from_kl(
+    kl: AutoencoderKL, *, video_kernel_size: VideoKernelSize = (3, 1, 1), fold_post_quant_conv: bool = False
+) -> TemporalAutoencoder:
     """A ``TemporalAutoencoder(quant_convs=True)`` with all of ``kl``'s weights and identity temporal layers.
 
     ``decode(z, num_frames=T)`` of the result equals ``kl.decode(z)`` for every clip length, and ``encode`` is
     ``kl.encode``. The result lives on ``kl``'s device and dtype and shares no storage with it.
+    ``fold_post_quant_conv=True``: no ``post_quant_conv`` (diffusers' layout); the decode then equals ``kl``'s
+    except on the outermost latent ring (module docstring); ``encode`` is still ``kl.encode`` exactly.
     """
     if not isinstance(kl, AutoencoderKL):
         raise ValueError(f"temporal_from_kl needs an AutoencoderKL; got {type(kl).__name__}")
     reference = next(kl.parameters())
     model = TemporalAutoencoder(
-        kl.spec, video_kernel_size=video_kernel_size, scale_factor=kl.scale_factor, quant_convs=True
+        kl.spec,
+        video_kernel_size=video_kernel_size,
+        scale_factor=kl.scale_factor,
+        quant_convs=True,
+        post_quant_conv=not fold_post_quant_conv,
     ).to(device=reference.device, dtype=reference.dtype)
-    missing, unexpected = model.load_state_dict(kl.state_dict(), strict=False)
+    state = {k: v.clone() for k, v in kl.state_dict().items()}
+    missing, unexpected = model.load_state_dict(
+        folded_post_quant_conv(state) if fold_post_quant_conv else state, strict=False
+    )
     assert not unexpected, f"KL keys without a place in the temporal autoencoder: {unexpected[:5]}"
     assert all(is_temporal_decoder_key(k) for k in missing), f"non-temporal keys left at init: {missing[:5]}"
     init_temporal_identity_(model.decoder)

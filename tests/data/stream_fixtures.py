@@ -1,4 +1,5 @@
-"""Helpers for the stream tests: tiny tar shards written with tarfile and a decode that counts its calls."""
+"""Helpers for the stream tests: tiny tar shards written with tarfile (any member names, also malformed ones), a
+shard reader that returns the keys and the skip reason, and a decode that counts its calls."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from data.batch import Sample
 from data.errors import BadSample
+from data.sources import iter_shard_records
 
 Member = tuple[str, bytes]
 
@@ -48,6 +50,17 @@ def write_shards(root: Path, *, num_shards: int, per_shard: int, prefix: str = "
             members += sample_members(key, meta={"key": key, "motion_score": float(j % 10)})
         paths.append(write_tar(root / f"{prefix}{i:03d}.tar", members))
     return paths
+
+
+def read_keys(url: str) -> tuple[list[str], str | None]:
+    """The keys ``iter_shard_records(url)`` yields, and the BadSample reason it ends with (None: a clean end)."""
+    keys: list[str] = []
+    try:
+        for record in iter_shard_records(url):
+            keys.append(str(record["__key__"]))
+    except BadSample as e:
+        return keys, e.reason
+    return keys, None
 
 
 class CountingDecode:

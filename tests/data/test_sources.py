@@ -8,19 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from data.errors import BadSample
+from data.shard_writer import output_names
 from data.sources import DataSources, SourceSpec, expand_urls, iter_shard_records
+from tests.data.stream_fixtures import read_keys as _read
 from tests.data.stream_fixtures import sample_members, write_shards, write_tar
-
-
-def _read(url: str) -> tuple[list[str], str | None]:
-    got: list[str] = []
-    try:
-        for record in iter_shard_records(url):
-            got.append(str(record["__key__"]))
-    except BadSample as e:
-        return got, e.reason
-    return got, None
 
 
 def test_brace_expansion_keeps_order(tmp_path: Path) -> None:
@@ -112,3 +103,24 @@ def test_truncated_tar_keeps_complete_records(tmp_path: Path, cut_records: float
     # the record at the damage is dropped (it may be incomplete); the ones before it survive
     assert got == [f"s000_{j:04d}" for j in range(math.ceil(cut_records) - 1)]
     assert _read(f"pipe:head -c {int(1.5 * record_bytes)} {shard}")[1] == "truncated_shard"
+
+
+def test_remote_schemes_expand_braces_and_unknown_ones_fail() -> None:
+    assert expand_urls(["https://h/x/{0..1}.tar", "a:b/{1,2}.tar"], base_dir="/d") == [
+        "https://h/x/0.tar",
+        "https://h/x/1.tar",
+        "/d/a:b/1.tar",  # a colon in a local name is no scheme
+        "/d/a:b/2.tar",
+    ]
+    assert DataSources(["http://h/{0..2}.tar"]).sources[0].shards == tuple(f"http://h/{i}.tar" for i in range(3))
+    with pytest.raises(ValueError, match="no webdataset opener for s3://.*pipe:aws s3 cp s3://b/0.tar -"):
+        expand_urls("s3://b/0.tar")
+    assert output_names(["http://h/a/000.tar", "pipe:curl -s http://h/b/001.tar"]) == ["000.tar", "001.tar"]
+
+
+def test_command_failing_after_a_whole_tar_and_repeated_members(tmp_path: Path) -> None:
+    (shard,) = write_shards(tmp_path, num_shards=1, per_shard=3)
+    # the exit status is checked at the end: the records before the last one survive, the last one counts as damaged
+    assert _read(f"pipe:cat {shard}; exit 3") == (["s000_0000", "s000_0001"], "truncated_shard")
+    dup = write_tar(tmp_path / "dup.tar", [("a.json", b"1"), ("a.json", b"2"), ("b.json", b"3")])
+    assert [r["json"] for r in iter_shard_records(str(dup))] == [b"1", b"3"]  # webdataset's grouping keeps the first

@@ -28,12 +28,12 @@ def test_bench_prints_one_json_line_with_both_modes(capsys, monkeypatch):
     monkeypatch.setattr(script, "timed_run", recorded)
     argv = ["--steps", "1", "--warmup", "1", "--repeats", "2", "--peak-tflops", "0.5", "--overrides", *TINY]
     assert script.main(argv) == 0
-    assert order == ["pixels_0", "cached_0", "pixels_1", "cached_1"]
+    assert order == ["pixels_0", "cached_0", "cached_1", "pixels_1"]  # the order swaps every repeat
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert result["stage"] == "video_pretrain" and result["loop"].startswith("trainer:")
-    assert result["repeats"] == 2 and result["order"].startswith("pixels, cached, pixels")
+    assert result["repeats"] == 2 and result["order"].startswith("pixels, cached, cached, pixels")
     pairs = zip(result["pixels_samples_per_s_by_repeat"], result["cached_samples_per_s_by_repeat"], strict=True)
     ratios = [c / p for p, c in pairs]
     assert result["cached_over_pixels_by_repeat"] == pytest.approx(ratios, rel=1e-3) and len(ratios) == 2

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,13 +17,6 @@ from ..train.conftest import ROOT
 pytestmark = pytest.mark.slurm
 
 CPU_JOB = ["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
-
-
-@pytest.fixture
-def slurm_env(local_slurm, tmp_path) -> dict[str, str]:
-    env_file = tmp_path / "env.sh"
-    env_file.write_text(f"export SVD_PYTHON={sys.executable}\nexport OMP_NUM_THREADS=1\nexport WANDB_MODE=disabled\n")
-    return {**os.environ, **local_slurm, "SVD_SLURM_ENV": str(env_file), "PYTHONPATH": str(ROOT)}
 
 
 def sh(args: list[str], env: dict[str, str], **kwargs) -> str:
@@ -64,10 +55,11 @@ def log_of(log_dir: Path, job: str) -> str:
     return path.read_text()
 
 
+SCRATCH = ("stage.init.from_stage=null", "stage.init.keep=[unet,first_stage,conditioner]")
+
+
 def scratch(stage_overrides, *extra: str) -> list[str]:
-    return stage_overrides(
-        "video_pretrain", "stage.init.from_stage=null", "stage.init.keep=[unet,first_stage,conditioner]", *extra
-    )
+    return stage_overrides("video_pretrain", *SCRATCH, *extra)
 
 
 def test_a_stage_script_with_two_tasks_trains_and_exports(slurm_env, stage_overrides, tmp_path):

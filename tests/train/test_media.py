@@ -63,8 +63,8 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 def test_read_image_gives_uint8_chw(tmp_path):
     array = _frames(1, 6, 10)[0]
     Image.fromarray(array).save(tmp_path / "a.png")
-    image = read_image(tmp_path / "a.png")
+    image = read_image(tmp_path / "a.png", size=(6, 10))
     assert image.dtype == torch.uint8 and image.shape == (3, 6, 10)
     assert np.array_equal(image.permute(1, 2, 0).numpy(), array)
     with pytest.raises(ValueError, match="no image file"):
-        read_image(tmp_path / "missing.png")
+        read_image(tmp_path / "missing.png", size=(6, 10))

@@ -95,10 +95,12 @@ class PeriodicSampling(pl.Callback):
             return None
         return objective
 
-    def _requests(self, task: str) -> list[dict[str, Any]]:
+    def _requests(self, objective: Any) -> list[dict[str, Any]]:
+        task = objective.task
         what = get_task(task).sample_input  # "image" or "prompt"
-        if what == "image":
-            requests = [{"image": read_image(path)} for path in self.images]
+        if what == "image":  # read as training reads images, at the stage size (what sample.py does too)
+            size = (objective.height, objective.width)
+            requests = [{"image": read_image(path, size=size)} for path in self.images]
         else:
             requests = [{"prompt": prompt} for prompt in self.prompts]
         if not requests:
@@ -112,7 +114,7 @@ class PeriodicSampling(pl.Callback):
         if not trainer.is_global_zero:
             return None
         objective = self._objective(pl_module)
-        requests = self._requests(objective.task) if objective is not None else []
+        requests = self._requests(objective) if objective is not None else []
         if objective is None or not requests:
             return None
         with ema_weights(pl_module):

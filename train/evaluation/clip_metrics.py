@@ -20,12 +20,14 @@ tests). ``pretrained=None`` leaves it random, which is only good for tests; real
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from models.clip_scorer import ClipScorer, check_video
+from train.media import read_image
 
 
 def clip_similarity(text_embedding: torch.Tensor, frame_embeddings: torch.Tensor) -> float:
@@ -73,10 +75,29 @@ def score_videos(
     *,
     prompts: Sequence[str] | None = None,
     images: Sequence[torch.Tensor] | None = None,
+    image_paths: Sequence[str | os.PathLike[str]] | None = None,
 ) -> ClipVideoScores:
     """CLIP scores of uint8 (T, 3, H, W) videos; ``prompts`` (CLIPSIM) or conditioning ``images`` (3, H, W) give
-    the per-video reference, one per video in order; consistency is always computed."""
+    the per-video reference, one per video in order; consistency is always computed. ``image_paths`` instead of
+    ``images``: each conditioning image file read as the sampler read it (``train.media.read_image``: the data
+    pipeline's decode, resize and centre crop) at its video's frame size."""
+    if image_paths is not None:
+        if images is not None:
+            raise ValueError("pass images or image_paths, not both")
+        images = []
+        videos = _reading_images(videos, image_paths, into=images)
     return score_frame_embeddings(scorer, embed_videos(scorer, videos), prompts=prompts, images=images)
+
+
+def _reading_images(
+    videos: Iterable[torch.Tensor], paths: Sequence[str | os.PathLike[str]], *, into: list[torch.Tensor]
+) -> Iterator[torch.Tensor]:
+    """The videos, in order; before each is yielded its conditioning image is appended to ``into``."""
+    for i, video in enumerate(videos):
+        if i >= len(paths):
+            raise ValueError(f"more videos than conditioning images ({len(paths)}); give one image per video")
+        into.append(read_image(paths[i], size=(int(video.shape[-2]), int(video.shape[-1]))))
+        yield video
 
 
 def score_frame_embeddings(
@@ -89,15 +110,16 @@ def score_frame_embeddings(
     """``score_videos`` of videos already embedded (``embed_videos``): (T, D) unit frame embeddings per video."""
     scores = ClipVideoScores()
     text_embeddings = scorer.embed_texts(prompts) if prompts else None
-    image_embeddings = torch.cat([scorer.embed_frames(image[None]) for image in images]) if images else None
     n = 0
     for i, frames in enumerate(frame_embeddings):
         if text_embeddings is not None:
             if i >= len(text_embeddings):
                 raise ValueError(f"more videos than prompts ({len(text_embeddings)}); give one prompt per video")
             scores.clipsim.append(clip_similarity(text_embeddings[i], frames))
-        if image_embeddings is not None:
-            scores.image_similarity.append(clip_similarity(image_embeddings[i], frames))
+        if images is not None:  # embedded as the videos arrive (score_videos may read them alongside)
+            if i >= len(images):
+                raise ValueError(f"more videos than conditioning images ({len(images)}); give one image per video")
+            scores.image_similarity.append(clip_similarity(scorer.embed_frames(images[i][None])[0], frames))
         scores.consistency.append(frame_consistency(frames))
         n += 1
     if text_embeddings is not None and n != len(text_embeddings):

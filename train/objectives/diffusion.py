@@ -16,7 +16,7 @@ from data.transforms import to_model_range
 from models.diffusion import Denoiser, StandardDiffusionLoss
 from models.latent_diffusion import LatentDiffusion
 from models.vae.distributions import DiagonalGaussianDistribution
-from train.conditioning import CondAugConfig, conditioner_inputs, per_frame, sample_cond_aug
+from train.conditioning import CondAugConfig, cached_clip_embedding, conditioner_inputs, per_frame, sample_cond_aug
 from train.objectives.base import Metrics, Objective
 from train.tasks import get_task
 
@@ -100,6 +100,7 @@ class DiffusionObjective(Objective):
             cond_image=cond_image,
             cond_aug=cond_aug,
             generator=generator,
+            clip_image_embedding=cached_clip_embedding(self.model.conditioner, batch),
         )
         cond = self.model.conditioner(inputs, generator=generator)
         kwargs = {}
