@@ -26,7 +26,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 test: lint
-	$(PY) -m pytest -m "not slow and not gpu"
+	$(PY) -m pytest -m "not slow and not gpu" --durations=25
 
 # The whole recipe on CPU in minutes: demo shards, the curation of the raw videos (cuts, motion, text, CLIP scores,
 # filters, report), the tiny autoencoder and its temporal (deflickering) decoder, Stages I, II (on the curated clips),

@@ -12,6 +12,7 @@ from tests.conftest import load_script
 TINY = ["stage.height=32", "stage.width=32", "stage.num_frames=4", "data.batch_size=2", "data.num_workers=1"]
 
 
+@pytest.mark.slow  # 17-32 s; the harness is covered in make test by test_bench_train.py's pixels comparison
 def test_bench_compares_recomputed_and_cached_clip_embeddings(capsys, monkeypatch):
     script, order, tower_calls = load_script("bench_train"), [], []
     timed_run = script.timed_run
