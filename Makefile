@@ -25,8 +25,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Two xdist workers, one thread each; tests that start several busy processes (ranks, SLURM jobs) run one at a
+# time in one xdist group (tests/conftest.py). TEST_WORKERS=0 runs everything in this process, in order.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -m "not slow and not gpu" --durations=25
+	$(PY) -m pytest -m "not slow and not gpu" -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # The whole recipe on CPU in minutes: demo shards, the curation of the raw videos (cuts, motion, text, CLIP scores,
 # filters, report), the tiny autoencoder and its temporal (deflickering) decoder, Stages I, II (on the curated clips),

@@ -37,6 +37,7 @@ class Sample(TypedDict):
     cond_frame: NotRequired[torch.Tensor]  # (3, H, W) uint8: the clean conditioning frame (cond_aug is added later)
     clip_image_embedding: NotRequired[torch.Tensor]  # (1, D) float16: CLIP embedding of the clean cond frame
     clip_fingerprint: NotRequired[str]  # with clip_image_embedding: the fingerprint of the CLIP that made it
+    elevation: NotRequired[float]  # camera elevation in degrees, when the json has one (multi-view orbits)
 
 
 class Batch(TypedDict):
@@ -53,3 +54,4 @@ class Batch(TypedDict):
     cond_frame: NotRequired[torch.Tensor]  # (B, 3, H, W) uint8
     clip_image_embedding: NotRequired[torch.Tensor]  # (B, 1, D) float16
     clip_fingerprint: NotRequired[list[str]]  # with clip_image_embedding, one per sample
+    elevation: NotRequired[torch.Tensor]  # (B,) float32 degrees, when every sample carries one

@@ -17,6 +17,7 @@ byte-identical files (videos are encoded by
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from data.atomic_write import atomic_write_bytes
+from data.demo_orbits import draw_orbit, orbit_sample, render_view
 from data.demo_scenes import (
     SceneSpec,
     Speed,
@@ -46,7 +48,9 @@ from data.video_encode import encode_video
 GENERATOR_VERSION = "2"
 Transition = Literal["cut", "crossfade", "fade_black"]
 TRANSITIONS: tuple[Transition, ...] = ("cut", "crossfade", "fade_black")
-_KIND_IDS = {"raw": 0, "clip": 1, "image": 2, "single": 3}  # "single": write_demo_video
+_KIND_IDS = {"raw": 0, "clip": 1, "image": 2, "single": 3, "orbit": 4, "orbit_test": 5}  # "single": write_demo_video
+# Orbit videos: one view per frame; the demo data's target_fps (conf/data/demo.yaml) keeps every frame.
+ORBIT_FPS = 8.0
 IMAGE_FORMATS = ("jpg", "jpg", "png", "webp")  # by sample index: mostly JPEG, as in LAION-style shards
 
 
@@ -73,7 +77,9 @@ class VideoPlan:
                 raise ValueError(f"scenes around transition {i} are shorter than fade_frames={self.fade_frames}")
 
 
-def sample_rng(seed: int, kind: Literal["raw", "clip", "image"], index: int) -> np.random.Generator:
+def sample_rng(
+    seed: int, kind: Literal["raw", "clip", "image", "orbit", "orbit_test"], index: int
+) -> np.random.Generator:
     """The generator for one sample; independent of every other sample."""
     return np.random.default_rng([seed, _KIND_IDS[kind], index])
 
@@ -283,6 +289,23 @@ def image_sample(seed: int, index: int, *, size: tuple[int, int], key: str) -> d
     return {f"{key}.{ext}": buf.getvalue(), f"{key}.json": record, f"{key}.txt": caption.encode()}
 
 
+def orbit_record(
+    seed: int, index: int, *, split: str, num_views: int, size: int, fps: float, key: str
+) -> dict[str, bytes]:
+    """Members of orbit ``index`` of ``split`` (``train``: kind ``orbit``; ``test``: held-out objects, kind
+    ``orbit_test``), rendered by ``data.demo_orbits``."""
+    kind = {"train": "orbit", "test": "orbit_test"}[split]
+    record = json.loads(_record(kind, seed, index, key=key, caption=""))
+    return orbit_sample(sample_rng(seed, kind, index), num_views=num_views, size=size, fps=fps, key=key, record=record)
+
+
+def orbit_first_view(seed: int, index: int, *, split: str, size: int) -> tuple[np.ndarray, float]:
+    """(view at azimuth 0 as (size, size, 3) uint8, elevation) of orbit ``index`` of ``split``, rendered (not
+    decoded): a multiview sampling input."""
+    obj, elevation = draw_orbit(sample_rng(seed, {"train": "orbit", "test": "orbit_test"}[split], index))
+    return render_view(obj, azimuth=0.0, elevation=elevation, size=size), elevation
+
+
 def write_shards(
     out_dir: str | os.PathLike[str],
     make_sample: Callable[[int, str], dict[str, bytes]],
@@ -317,8 +340,16 @@ def write_demo_dataset(
     size: tuple[int, int] = (128, 96),
     fps: float = 24.0,
     progress: Callable[[int], object] | None = None,
+    num_orbits: int = 0,
+    num_orbit_test: int = 0,
+    orbit_views: int = 21,
+    orbit_size: int = 64,
 ) -> dict[str, Any]:
-    """Write ``raw/``, ``clips/``, ``images/`` shards and ``manifest.json`` under ``out_dir``; returns the manifest."""
+    """Write ``raw/``, ``clips/``, ``images/`` shards and ``manifest.json`` under ``out_dir``; returns the manifest.
+
+    ``num_orbits`` / ``num_orbit_test`` > 0 add ``orbits/train/`` and ``orbits/test/`` (held-out objects): orbits of
+    ``orbit_views`` views at ``orbit_size`` pixels square (``data/demo_orbits.py``), at ``ORBIT_FPS``; without them the
+    files are those of a generator without orbits, byte for byte."""
     out = Path(out_dir)
     kw: dict[str, Any] = {"samples_per_shard": samples_per_shard, "progress": progress}
     shards: dict[str, Sequence[Path]] = {
@@ -329,13 +360,22 @@ def write_demo_dataset(
         "images": write_shards(out / "images", lambda i, k: image_sample(seed, i, size=size, key=k),
                                count=num_images, **kw),
     }  # fmt: skip
+    counts = {"raw": num_raw_videos, "clips": num_clips, "images": num_images}
+    for split, count in (("train", num_orbits), ("test", num_orbit_test)):
+        if count > 0:
+            make = functools.partial(orbit_record, seed, split=split, num_views=orbit_views, size=orbit_size,
+                                     fps=ORBIT_FPS)  # fmt: skip
+            shards[f"orbits/{split}"] = write_shards(
+                out / "orbits" / split, lambda i, k, make=make: make(i, key=k), count=count, **kw
+            )
+            counts[f"orbits/{split}"] = count
     manifest = {
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "size": list(size),
         "fps": fps,
         "samples_per_shard": samples_per_shard,
-        "counts": {"raw": num_raw_videos, "clips": num_clips, "images": num_images},
+        "counts": counts,
         "shards": {name: [p.relative_to(out).as_posix() for p in paths] for name, paths in shards.items()},
     }
     atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("ascii"))

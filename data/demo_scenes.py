@@ -6,6 +6,11 @@ so the same seed gives the same pixels on every machine.
 
 Speeds are in pixels per frame at the rendered size; ``SPEED_PX_PER_FRAME`` gives the value per speed class for a
 frame whose short side is ``REFERENCE_SHORT_SIDE`` pixels, and larger frames scale it proportionally.
+
+Camera motion: ``pan`` slides the background opposite to the shapes (the camera follows them); ``zoom`` ("in" or
+"out", explicit only, never drawn by ``random_scene``, so the demo data keeps its bytes) scales the background about
+the frame centre, the magnification changing by ``speed / short side`` per frame (the middle of the frame's edges
+moves at half the shapes' speed at the start); the shapes keep moving as before.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ Speed = Literal["static", "slow", "fast"]
 Background = Literal["stripes", "noise", "gradient"]
 ShapeKind = Literal["circle", "square"]
 Texture = Literal["stripes", "checker", "plain"]
+Zoom = Literal["in", "out"]
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -64,6 +70,12 @@ class SceneSpec:
     direction: str  # a key of DIRECTIONS; shapes move, the background stays unless pan is set
     text: str | None = None
     pan: bool = False  # the camera pans (background moves) at the scene's speed, opposite to the shapes
+    zoom: Zoom | None = None  # the camera zooms in or out about the centre (module docstring); None: no zoom
+
+    def __post_init__(self) -> None:
+        if self.zoom is not None and (self.zoom not in ("in", "out") or self.pan or self.speed == "static"):
+            raise ValueError(f'zoom must be "in", "out" or None, with pan=False and a moving speed; got zoom='
+                             f"{self.zoom!r}, pan={self.pan}, speed={self.speed!r}")  # fmt: skip
 
     @property
     def has_text(self) -> bool:
@@ -82,8 +94,10 @@ def random_scene(
     speed: Speed | None = None,
     text: str | bool | None = None,
     pan: bool | None = None,
+    zoom: Zoom | None = None,
 ) -> SceneSpec:
-    """Draw a scene. ``speed``/``text``/``pan`` = None draws them too; ``text=True`` picks a random string."""
+    """Draw a scene. ``speed``/``text``/``pan`` = None draws them too; ``text=True`` picks a random string; ``zoom``
+    is never drawn (given: no pan is drawn, and the rng is advanced the same, so the rest of the scene is the same)."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}; pass a positive frame count")
     names = sorted(COLORS)
@@ -122,7 +136,8 @@ def random_scene(
         speed=speed,
         direction=sorted(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))],
         text=text,
-        pan=bool(pan) and speed != "static",
+        pan=bool(pan) and speed != "static" and zoom is None,
+        zoom=zoom,
     )
 
 
@@ -179,7 +194,10 @@ def render_scene(spec: SceneSpec, *, size: tuple[int, int]) -> np.ndarray:
     step = speed_px_per_frame(spec.speed, size=size)
     dx, dy = DIRECTIONS[spec.direction]
     pan_total = int(np.ceil(step * spec.num_frames)) + 1 if spec.pan else 0
-    canvas = _background_canvas(spec, height=height + pan_total, width=width + pan_total)
+    rate = step / min(width, height) if spec.zoom else 0.0  # magnification change per frame
+    grow = 1.0 + rate * spec.num_frames if spec.zoom == "out" else 1.0  # how much more the widest frame shows
+    pad = pan_total + (int(np.ceil(max(width, height) * (grow - 1.0))) + 2 if spec.zoom == "out" else 0)
+    canvas = _background_canvas(spec, height=height + pad, width=width + pad)
     text = _text_layer(spec.text, width=width, height=height) if spec.text else None
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     short = min(width, height)
@@ -190,6 +208,8 @@ def render_scene(spec: SceneSpec, *, size: tuple[int, int]) -> np.ndarray:
             ox = int(round(step * t)) if dx > 0 else pan_total - int(round(step * t)) if dx < 0 else 0
             oy = int(round(step * t)) if dy > 0 else pan_total - int(round(step * t)) if dy < 0 else 0
             frame = canvas[oy : oy + height, ox : ox + width].copy()
+        elif spec.zoom:
+            frame = _zoomed(canvas, (1.0 + rate * t) ** (1 if spec.zoom == "in" else -1), size=size)
         else:
             frame = canvas[:height, :width].copy()
         for shape in spec.shapes:
@@ -209,6 +229,15 @@ def render_scene(spec: SceneSpec, *, size: tuple[int, int]) -> np.ndarray:
             frame = frame * (1.0 - alpha) + rgb * alpha
         out[t] = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
     return out
+
+
+def _zoomed(canvas: np.ndarray, scale: float, *, size: tuple[int, int]) -> np.ndarray:
+    """The ``size`` frame of ``canvas`` magnified ``scale`` times about both centres."""
+    import cv2
+
+    (w, h), (hc, wc) = size, canvas.shape[:2]
+    m = np.float32([[scale, 0, (w - 1) / 2 - scale * (wc - 1) / 2], [0, scale, (h - 1) / 2 - scale * (hc - 1) / 2]])
+    return cv2.warpAffine(canvas, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def _shapes_phrase(shapes: tuple[ShapeSpec, ...]) -> str:
@@ -239,7 +268,9 @@ def scene_captions(spec: SceneSpec) -> dict[str, str]:
         motion = f"{shapes} {'move' if plural else 'moves'} {SPEED_WORDS[spec.speed]} {spec.direction}"
         moving = f"{shapes} moving {SPEED_WORDS[spec.speed]} {spec.direction} over {_background_phrase(spec)}{text}"
         full = moving + (", the camera pans along" if spec.pan else "")
+        full += f", the camera zooms {spec.zoom}" if spec.zoom else ""
     vblip = motion + (" while the camera pans" if spec.pan else "")
+    vblip += f" while the camera zooms {spec.zoom}" if spec.zoom else ""
     llm = ("a static scene: " if spec.speed == "static" else f"a {spec.speed} motion scene: ") + coca
     return {"caption": full, "coca": coca, "vblip": vblip, "llm": llm}
 

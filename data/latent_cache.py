@@ -46,7 +46,7 @@ import torch
 from data.batch import Sample
 from data.captions import CaptionPicker
 from data.errors import BadSample
-from data.micro_cond import MicroCondConfig, fps_id_for, motion_bucket_for
+from data.micro_cond import MicroCondConfig, fps_id_for, motion_bucket_for, with_elevation
 from data.record_members import as_text, parse_json
 from data.video_decode import ClipSpec
 
@@ -170,6 +170,7 @@ def decode_cached_sample(
         key=as_text(record.get("__key__", "")),
         shard=as_text(record.get("__url__", "")),
     )
+    with_elevation(sample, meta)
     if "clip_image_embedding" in tensors:
         fingerprint = info.get("clip_fingerprint")
         if isinstance(fingerprint, str):

@@ -89,6 +89,15 @@ def collate_samples(samples: list[Sample]) -> Batch:
         if len(shapes) != 1:
             raise ValueError(f"a batch mixes {name!r} of shapes {shapes}; cache or decode all clips at one size")
         batch[name] = torch.stack([s[name] for s in samples])  # type: ignore[literal-required]
+    carrying = [s["key"] for s in samples if "elevation" in s]
+    if carrying and len(carrying) != len(samples):
+        lacking = [s["key"] for s in samples if "elevation" not in s]
+        raise ValueError(
+            f"samples {lacking[:5]} have no 'elevation' in their json but {carrying[:5]} do: a batch cannot mix "
+            "orbit records (elevation in degrees) and others; give the multiview stage only orbit shards"
+        )
+    if carrying:
+        batch["elevation"] = torch.tensor([s["elevation"] for s in samples], dtype=torch.float32)
     if "clip_image_embedding" in batch:  # which CLIP made them, checked by the trainer before use
         batch["clip_fingerprint"] = [s["clip_fingerprint"] for s in samples]
     if "frames" not in batch and "latent_moments" not in batch:

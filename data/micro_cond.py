@@ -29,6 +29,10 @@ motion_bucket_id
     ``default_fps_id`` and ``default_motion_bucket``.
 
 The inverses (``fps_from_id``, ``MotionBucketMapping.score``) say which fps and score a chosen id stands for.
+
+elevation
+    Multi-view orbits (the mv task, ``train/task_multiview.py``) condition on the camera elevation in degrees, read
+    as is from the json's ``elevation`` (``elevation_for``); a sample carries it when its json has it.
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from data.errors import BadSample
+
+S = TypeVar("S", bound=Mapping[str, Any])
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,28 @@ def lookup(meta: Mapping[str, Any], dotted_key: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+ELEVATION_FIELD = "elevation"
+
+
+def elevation_for(meta: Mapping[str, Any] | None) -> float | None:
+    """The json's camera ``elevation`` in degrees; None when absent. ``BadSample("invalid_json")`` (the stream
+    skips and counts it) when it is not a finite number."""
+    value = meta.get(ELEVATION_FIELD) if meta is not None else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadSample("invalid_json", f"{ELEVATION_FIELD!r} must be a finite number of degrees; got {value!r}")
+    return float(value)
+
+
+def with_elevation(sample: S, meta: Mapping[str, Any] | None) -> S:
+    """``sample`` with ``elevation`` set from the json when it has one."""
+    elevation = elevation_for(meta)
+    if elevation is not None:
+        sample[ELEVATION_FIELD] = elevation  # type: ignore[index]
+    return sample
 
 
 def motion_bucket_for(meta: Mapping[str, Any] | None, cfg: MicroCondConfig) -> tuple[int, bool]:

@@ -24,7 +24,7 @@ from data.captions import CaptionPicker
 from data.errors import BadSample
 from data.image_decode import decode_image
 from data.latent_cache import LATENT_MEMBER, decode_cached_sample
-from data.micro_cond import MicroCondConfig, fps_id_for, motion_bucket_for
+from data.micro_cond import MicroCondConfig, fps_id_for, motion_bucket_for, with_elevation
 from data.record_members import as_text, media_members, parse_json
 from data.video_decode import ClipSpec, decode_clip
 
@@ -76,7 +76,7 @@ def decode_sample(
 
     choice = captions.pick(meta, txt=txt, rng=rng)
     _count(counters, "no_caption", choice.source == "none")
-    return Sample(
+    decoded_sample = Sample(
         frames=frames,
         image_only_indicator=indicator,
         fps_id=int(fps_id),
@@ -85,6 +85,7 @@ def decode_sample(
         key=key,
         shard=shard,
     )
+    return with_elevation(decoded_sample, meta)
 
 
 def _count(counters: Counter[str] | None, name: str, happened: bool) -> None:

@@ -94,24 +94,37 @@ class MetadataFilter:
     """Keep a sample only if the json value at ``field`` (dotted path, e.g. ``captions.coca``) passes.
 
     ``min``/``max`` are inclusive bounds on a number; ``require`` drops samples where the field is absent,
-    null or empty. A missing field passes bounds-only filters (set ``require=True`` to drop it).
+    null or empty. A missing field passes bounds-only filters (set ``require=True`` to drop it). ``values`` is a
+    categorical selection (e.g. ``camera_motion`` in ``[pan_left, pan_right]``): the value must be one of them,
+    compared as text (a string itself, a number or boolean as its json text: ``"3"``, ``"true"``); a missing field
+    never matches. ``values`` excludes ``min``/``max``.
     """
 
     field: str
     min: float | None = None
     max: float | None = None
     require: bool = False
+    values: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.field:
             raise ValueError("MetadataFilter.field is empty; give a dotted json path such as 'motion_score'")
-        if self.min is None and self.max is None and not self.require:
-            raise ValueError(f"MetadataFilter({self.field!r}) does nothing; set min, max or require=True")
+        if self.values is not None:
+            self.values = tuple(str(v) for v in self.values)
+            if not self.values:
+                raise ValueError(f"MetadataFilter({self.field!r}) has an empty values list; name at least one value")
+            if self.min is not None or self.max is not None:
+                raise ValueError(f"MetadataFilter({self.field!r}) sets values {list(self.values)} and min/max: a "
+                                 "categorical filter has no bounds; use two filters or drop one")  # fmt: skip
+        if self.min is None and self.max is None and not self.require and self.values is None:
+            raise ValueError(f"MetadataFilter({self.field!r}) does nothing; set min, max, values or require=True")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"MetadataFilter({self.field!r}) has min {self.min} > max {self.max}; swap them")
 
     def passes(self, meta: Mapping[str, Any]) -> bool:
         value = lookup(meta, self.field)
+        if self.values is not None:
+            return value is not None and category_text(value) in self.values
         if value is None or value == "" or value == [] or value == {}:
             return not self.require
         if self.min is None and self.max is None:
@@ -119,6 +132,11 @@ class MetadataFilter:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False  # a bound on a non-number cannot hold
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+def category_text(value: Any) -> str:
+    """A json value as a categorical filter compares it: a string as it is, anything else as its json text."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 @dataclass

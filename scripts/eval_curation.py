@@ -12,7 +12,10 @@ Prints a table to stderr and ONE JSON line to stdout: ``cut_precision``, ``cut_r
 ``cut_s_per_video_s``; ``text_accuracy`` (``has_text`` right per image at the threshold the ``high_quality`` filter
 uses), ``text_area_mae`` / ``text_area_bias`` on the images with text, ``text_s_per_image``; ``motion_order_ok`` and
 ``motion_kendall_tau`` at the configured motion fps, and the same with ``_2fps`` (the paper's rate) unless
-``annotate.motion.fps`` is already 2.
+``annotate.motion.fps`` is already 2; ``camera_accuracy`` (the ``camera_motion`` label right), with
+``camera_accuracy_per_kind`` (pans, tilts and zooms derived from the real footage, static real shots, synthetic demo
+scenes), ``camera_accuracy_per_label``, ``camera_order_ok`` (``camera_tx`` / ``camera_ty`` / ``camera_zoom`` order the
+derived moves by speed) and ``camera_wrong`` (``data/curation/camera_truth.py`` builds these shots).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from data.curation.camera_truth import score_camera  # noqa: E402
 from data.curation.config import CONF_DIR, CurateConfig, compose_config  # noqa: E402
 from data.curation.scoring import evaluate, text_area_bound  # noqa: E402
 
@@ -60,6 +64,12 @@ def print_table(result: dict[str, Any]) -> None:
         w(f"{result['motion_scores']}\n")
         if "motion_order_ok_2fps" in result:
             w(f"  at 2 fps: order ok {result['motion_order_ok_2fps']}, {result['motion_scores_2fps']}\n")
+    if "camera_accuracy" in result:
+        w(f"camera motion: accuracy {result['camera_accuracy']} over {result['camera_shots']} shots, ")
+        w(f"order ok {result['camera_order_ok']}, per kind {result['camera_accuracy_per_kind']}\n")
+        w(f"  per label {result['camera_accuracy_per_label']}\n")
+        for line in result["camera_wrong"]:
+            w(f"  wrong: {line}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     threshold = text_area_bound(FILTERS / "high_quality.yaml") if args.text_threshold is None else args.text_threshold
     result = evaluate(args.folder, cfg.annotate, text_threshold=threshold)
+    result.update(score_camera(args.folder, cfg.annotate.motion, cfg.annotate.camera_motion))
     print_table(result)
     print(json.dumps(result, sort_keys=True))
     return 0

@@ -4,6 +4,7 @@ Usage:
   python scripts/evaluate.py fvd --generated samples --reference-shards 'shards/{000..099}.tar' --i3d i3d_torchscript.pt
   python scripts/evaluate.py clip --generated samples/ --prompts prompts.jsonl --clip-pretrained open_clip_vit_b32.bin
   python scripts/evaluate.py ucf101 --export runs/x/video_finetune/export --ucf-root UCF-101/ --i3d i3d_torchscript.pt
+  python scripts/evaluate.py multiview --export runs/x/multiview/export --data 'orbits/test/*.tar'
 
 Each prints one JSON line with the metrics (and writes it to --out when given).
 """
@@ -26,6 +27,7 @@ import torch
 from data.video_decode import ClipSpec
 from train.conditioning import fps_to_fps_id
 from train.config import EvaluationConfig, GenerationSettings
+from train.evaluation import multiview
 from train.evaluation import ucf101 as u
 from train.evaluation.clip_metrics import ClipScorer, score_videos
 from train.evaluation.features import I3D_HELP, VideoFeatureExtractor, accumulate_features, build_extractor, metric_name
@@ -121,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ucf.add_argument("--part", type=int, help="generate only part K (0-based) of --parts and save its features")
     ucf.add_argument("--work-dir", type=Path, help="where --part writes (and a --parts run reads) features")
     _common(ucf, features=True)
+    multiview.add_parser(sub, _common)
     args = p.parse_args(argv)
     if args.mode in ("fvd", "ucf101") and args.i3d is None and args.features is None:
         p.error(f"{args.mode} needs --i3d PATH ({I3D_HELP}) or --features clip (a CLIP-space distance, not FVD)")
@@ -341,7 +344,8 @@ def run_ucf101(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)  # a CLIP tower without --clip-pretrained is random: make it the seed's
-    result = {"fvd": run_fvd, "clip": run_clip, "ucf101": run_ucf101}[args.mode](args)
+    modes = {"fvd": run_fvd, "clip": run_clip, "ucf101": run_ucf101, "multiview": multiview.run_multiview}
+    result = modes[args.mode](args)
     line = json.dumps(result)
     if args.out is not None:
         with atomic_path(args.out) as tmp:

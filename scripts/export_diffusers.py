@@ -10,7 +10,8 @@ Load it with ``StableVideoDiffusionPipeline.from_pretrained(out)``; ``match_sgm_
 1e-6 in some ResBlocks). The folder also initialises training: ``load_init_weights(model, out)``. What the folder
 does not carry is printed, and which VAE it holds: a stage that decoded with a trained temporal decoder
 (``stage=temporal_decoder``) is written with it as ``AutoencoderKLTemporalDecoder``. The folder is written under a
-temporary name and renamed when complete.
+temporary name and renamed when complete. ``--check`` then loads the folder in diffusers and prints how its VAE
+decodes the same latents as ours, in float32 and float64 (``train.interop_diffusers.decoder_parity``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoints.diffusers_pipeline import TEMPORAL_VAE, tiny_diffusers_sizes
-from train.interop_diffusers import OFFICIAL_VARIANTS, export_pipeline
+from train.interop_diffusers import OFFICIAL_VARIANTS, decoder_parity, export_pipeline
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -36,10 +37,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="the pipeline folder to write")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the written weights (default: the source's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument(
+        "--check", action="store_true",
+        help="after writing, load the folder in diffusers and print (JSON) how its VAE decodes against ours "
+        "(float32 and float64; --export only)",
+    )  # fmt: skip
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-size official layout (tests only)
     args = p.parse_args(argv)
     if args.official is not None and args.variant is None:
         p.error(f"--official needs --variant (one of {', '.join(OFFICIAL_VARIANTS)})")
+    if args.check and args.export is None:
+        p.error("--check compares the pipeline with a stage export's decoder; it needs --export")
     if args.export is not None and args.variant is not None:
         p.error("--variant describes --official; a stage export knows its own layout, drop --variant")
     if args.out.exists() and not args.overwrite:
@@ -58,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     vae = json.loads((args.out / "vae" / "config.json").read_text())["_class_name"]
     print(f"  vae: {vae} ({'the temporal decoder' if vae == TEMPORAL_VAE else 'frame-wise KL decoder'})")
     print(args.out)
+    if args.check:
+        print(json.dumps(decoder_parity(args.export, args.out)))
     return 0
 
 

@@ -3,6 +3,8 @@
 Usage:
   python scripts/sample.py --export runs/svd_stage/export --image cond.png --out samples/
   python scripts/sample.py --checkpoint svd_xt.safetensors --variant svd_xt --image cond.png --out samples/
+  python scripts/sample.py --export runs/r/img2vid_finetune/export --image cond.png --out samples/
+      --lora runs/r/camera_lora/export/lora.safetensors:0.8   (a LoRA on the base at scale 0.8; repeat to mix)
 
 Sampling defaults (frames, steps, guidance) follow the variant (RECIPE 3: svd 14 frames, 25 steps, cfg 1.0 -> 2.5;
 svd_xt 25 frames, 30 steps, cfg 1.5 -> 3.0); a stage export samples at its training size and frame count.
@@ -35,6 +37,7 @@ from models.unet import tiny_unet_spec
 from models.vae import TemporalAutoencoder, tiny_autoencoder_spec
 from train.conditioning import fps_to_fps_id
 from train.config import GenerationSettings, SamplesConfig
+from train.lora import load_loras, parse_lora_arg
 from train.media import read_image, write_gif, write_mp4
 from train.sampling import PRESETS, SamplingPreset, sample_video
 from train.tasks import SVD_TASK
@@ -58,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--checkpoint", type=Path, help="a released single-file checkpoint")
     p.add_argument("--variant", choices=sorted(PRESETS), help="layout of --checkpoint")
     p.add_argument("--image", type=Path, help="conditioning image (i2v)")
+    p.add_argument("--interpolate", nargs=2, type=Path, metavar=("A", "B"), help="frame interpolation: A, 3 new, B")
+    p.add_argument("--interpolate-video", type=Path, help="frame interpolation: raise a video's frame rate")
+    p.add_argument("--factor", type=int, default=4, help="--interpolate-video: 4 (one pass), 16 (two passes), ...")
     p.add_argument("--prompt", help="caption (t2i, t2v)")
     p.add_argument("--num-frames", type=int, help="default: the variant's or the stage's")
     p.add_argument("--height", type=int, help="default: 576, or the stage's")
@@ -70,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--motion-bucket-id", type=int, default=GenerationSettings.motion_bucket_id)
     p.add_argument("--cond-aug", type=float, default=GenerationSettings.cond_aug)
+    p.add_argument("--elevation", type=float, help="camera elevation in degrees (a multiview export, with --image)")
     p.add_argument("--steps", type=int, help="default: 25 (svd) or 30 (svd_xt)")
     p.add_argument("--min-cfg", type=float, help="default: 1.0 (svd) or 1.5 (svd_xt)")
     p.add_argument("--max-cfg", type=float, help="default: 2.5 (svd) or 3.0 (svd_xt)")
@@ -77,6 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--decoder",
         choices=DECODERS,
         help="temporal (SVD's deflickering decoder) or kl (frame by frame); default: temporal when the model has one",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=parse_lora_arg,
+        metavar="FILE[:SCALE]",
+        help="a LoRA (a camera_lora stage's lora.safetensors) on the UNet at SCALE (default 1); repeat to mix several",
     )
     p.add_argument("--decode-chunk", type=int, default=GenerationSettings.decode_chunk, help="frames decoded at a time")
     p.add_argument("--seed", type=int, default=GenerationSettings.seed)
@@ -162,6 +177,7 @@ def generation_settings(args: argparse.Namespace, preset: SamplingPreset) -> Gen
         fps_id=fps_to_fps_id(args.fps),
         motion_bucket_id=args.motion_bucket_id,
         cond_aug=args.cond_aug,
+        elevation=args.elevation,
         seed=args.seed,
         decode_chunk=args.decode_chunk,
     )
@@ -170,8 +186,32 @@ def generation_settings(args: argparse.Namespace, preset: SamplingPreset) -> Gen
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     source = load_source(args)
+    if args.lora:
+        load_loras(source.model.unet, args.lora)  # peft adapters, each at its scale (train/lora.py)
     preset = source.preset
     height, width = args.height or preset.height, args.width or preset.width
+    if args.interpolate or args.interpolate_video:  # train/interpolation.py
+        from train.interpolation import write_interpolation
+
+        paths = write_interpolation(
+            source.model,
+            source.denoiser,
+            task=source.task,
+            source=str(args.export or args.checkpoint),
+            num_frames=preset.num_frames,
+            size=(height, width),
+            settings=generation_settings(args, preset),
+            out=args.out,
+            images=args.interpolate,
+            video=args.interpolate_video,
+            factor=args.factor,
+            fps=args.fps,
+            name=args.name,
+            device=args.device,
+            progress=args.progress,
+        )
+        print("\n".join(map(str, paths)))
+        return 0
     frames = sample_video(
         source.model,
         source.denoiser,

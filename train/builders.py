@@ -49,7 +49,7 @@ def unet_spec(cfg: Any) -> UNetSpec:
     u.pop("merge_strategy"), u.pop("merge_factor")
     latent = cfg.model.autoencoder.embed_dim
     return UNetSpec(
-        in_channels=task.in_channel_factor * latent,
+        in_channels=task.in_channel_factor * latent + task.extra_in_channels,
         out_channels=latent,
         adm_in_channels=task.vector_dim,
         temporal=temporal,
@@ -96,6 +96,7 @@ def conditioner_parts(cfg: Any) -> ConditionerParts:
         ucg_rates=_plain(cfg.conditioner.ucg_rates),
         clip_resize=cfg.conditioner.clip_resize,
         autoencoder=autoencoder_spec(cfg),
+        num_frames=cfg.stage.num_frames,
     )
 
 
@@ -175,7 +176,11 @@ def dataset_config(cfg: Any, *, seed: int) -> DatasetConfig:
     if not d.sources:
         raise ValueError("data.sources is empty: name the shards (see README, Data) or use experiment=demo")
     sources = [SourceSpec(urls=list(s.urls), weight=s.weight, name=s.name) for s in d.sources]
-    filters = [MetadataFilter(field=f.field, min=f.min, max=f.max, require=f.require) for f in d.filters]
+    filters = [
+        # f["values"]: DictConfig.values is the mapping method
+        MetadataFilter(field=f.field, min=f.min, max=f.max, require=f.require, values=f["values"])
+        for f in d.filters
+    ]
     clip = ClipSpec(
         num_frames=cfg.stage.num_frames,
         target_fps=d.target_fps,

@@ -83,8 +83,20 @@ def sample_cond_aug(
 
 
 def per_frame(cond: dict[str, torch.Tensor], num_frames: int) -> dict[str, torch.Tensor]:
-    """Copy per-video conditions over the frames of (B*T, ...) latents (RECIPE 2: no masking)."""
-    return {k: v.repeat_interleave(num_frames, dim=0) for k, v in cond.items()}
+    """Copy per-video conditions over the frames of (B*T, ...) latents (RECIPE 2: no masking). A 5-D (B, T, ...)
+    condition is per frame already (the frame-interpolation ``concat``) and is flattened to (B*T, ...)."""
+    out = {}
+    for k, v in cond.items():
+        if v.ndim == 5:
+            if v.shape[1] != num_frames:
+                raise ValueError(
+                    f"the conditioner gives per-frame {k!r} for {v.shape[1]} frames but the clips have {num_frames}; "
+                    "the stage's stage.num_frames must be the frame count the conditioner was built for"
+                )
+            out[k] = v.flatten(0, 1)
+        else:
+            out[k] = v.repeat_interleave(num_frames, dim=0)
+    return out
 
 
 def vector_dim(task: str) -> int | None:

@@ -26,6 +26,15 @@ from models.activation_checkpointing import CHECKPOINTING_MODES
 from models.unet import TemporalSpec, UNetSpec
 from models.vae import AutoencoderSpec
 from train.config_keys import check_known_keys
+from train.config_logger import (  # noqa: F401  (re-exported: the schema of the logger group)
+    EvaluationConfig,
+    GenerationSettings,
+    LoggerConfig,
+    SamplesConfig,
+    generation_settings,
+)
+from train.lora import LoraSchema
+from train.sample_inputs import check_sample_inputs
 from train.strategy_registry import strategy_names
 from train.tasks import TASKS, get_task
 
@@ -197,6 +206,7 @@ class StageConfig:
     # ``trainable``. Frozen parameters get no gradient, no optimizer state and no EMA copy.
     trainable_layers: str = "all"
     autoencoder_loss: AutoencoderLossSchema = field(default_factory=AutoencoderLossSchema)
+    lora: LoraSchema = field(default_factory=LoraSchema)  # a peft LoRA on the UNet (train/lora.py)
 
 
 @dataclass
@@ -212,6 +222,7 @@ class FilterSchema:
     min: float | None = None
     max: float | None = None
     require: bool = False
+    values: list[str] | None = None  # categorical: keep samples whose field is one of these (data/stream.py)
 
 
 @dataclass
@@ -259,67 +270,6 @@ class StrategyConfig:
     offload_optimizer: bool = False
     offload_params: bool = False
     timeout_s: int = 1800
-
-
-@dataclass
-class GenerationSettings:
-    """How a sample is generated besides the model, its size and the prompt or image (``train.sampling.sample_video``):
-    Euler steps, the guidance scale (min_cfg -> max_cfg over the frames; max_cfg alone for image tasks), the
-    micro-conditioning, the conditioning-frame noise, the seed and the frames decoded at a time. The defaults are
-    svd's (RECIPE 3); scripts/sample.py, scripts/evaluate.py and both training callbacks use these."""
-
-    num_steps: int = 25
-    min_cfg: float = 1.0
-    max_cfg: float = 2.5
-    fps_id: int = 6
-    motion_bucket_id: int = 127
-    cond_aug: float = 0.02
-    seed: int = 0
-    decode_chunk: int = 14
-
-
-def generation_settings(node: Any) -> GenerationSettings:
-    """The ``GenerationSettings`` fields of a config node (logger.samples, logger.evaluation)."""
-    return GenerationSettings(**{f.name: node[f.name] for f in dataclasses.fields(GenerationSettings)})
-
-
-@dataclass
-class SamplesConfig(GenerationSettings):
-    """Sample videos logged during training (0 disables), generated with the ``GenerationSettings`` fields."""
-
-    every_n_steps: int = 0
-    prompts: list[str] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)
-    fps: int = 7  # frame rate of the written files
-
-
-@dataclass
-class EvaluationConfig(GenerationSettings):
-    """Metrics of a fixed generated set during training (0 disables; train/callbacks/evaluate_videos.py), generated
-    with the ``GenerationSettings`` fields."""
-
-    every_n_steps: int = 0
-    prompts: list[str] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)
-    videos_per_prompt: int = 1  # seeds seed, seed + 1, ... for each prompt or image
-    clip_arch: str = "ViT-B-32"  # CLIPSIM's usual tower; "tiny" for tests
-    clip_pretrained: str | None = None  # an open_clip tag or a local file; None leaves CLIP random
-    features: str = "none"  # Frechet distance to `reference`: none | i3d (FVD, needs i3d_path) | clip
-    i3d_path: str | None = None
-    reference: list[str] = field(default_factory=list)  # shard specs of real clips
-    num_reference: int = 64
-    batch_size: int = 8
-
-
-@dataclass
-class LoggerConfig:
-    wandb: bool = True
-    wandb_mode: str = "offline"
-    project: str = "svd-train"
-    entity: str | None = None
-    csv: bool = True
-    samples: SamplesConfig = field(default_factory=SamplesConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
 @dataclass
@@ -397,3 +347,4 @@ def validate(cfg: Any) -> None:
             "data.sources is empty: give the shards, e.g. data.sources='[{urls: [shards/{000000..000099}.tar]}]' "
             "or use experiment=demo"
         )
+    check_sample_inputs(cfg)  # logger.samples / logger.evaluation against the task (train/sample_inputs.py)

@@ -51,9 +51,16 @@ def export_dir(paths: Any, stage_name: str) -> Path:
 
 
 def write_export(
-    folder: Path, state_dict: Mapping[str, torch.Tensor], *, config: DictConfig, meta: Mapping[str, Any]
+    folder: Path,
+    state_dict: Mapping[str, torch.Tensor] | None,
+    *,
+    config: DictConfig,
+    meta: Mapping[str, Any],
+    extra: Mapping[str, tuple[Mapping[str, torch.Tensor], Mapping[str, str]]] | None = None,
 ) -> Path:
-    """Write ``export/`` atomically; ``meta["run_id"]``, when given, goes into all three files."""
+    """Write ``export/`` atomically; ``meta["run_id"]``, when given, goes into all three files. ``extra``: more
+    safetensors files, {name: (tensors, metadata)} (a LoRA stage's lora.safetensors, whose model.safetensors, the
+    merged model, is optional: ``state_dict`` None)."""
     folder = Path(folder)
     tmp = folder.with_name(f"{folder.name}{TMP_MARK}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -62,13 +69,18 @@ def write_export(
     header = f"# run_id: {run_id} (also in {MODEL_FILE} and {META_FILE})\n" if run_id else ""
     try:
         tmp.mkdir(parents=True)
-        save_state_dict(state_dict, tmp / MODEL_FILE, metadata=metadata)
+        if state_dict is not None:
+            save_state_dict(state_dict, tmp / MODEL_FILE, metadata=metadata)
+        for name, (tensors, more) in (extra or {}).items():
+            save_state_dict(tensors, tmp / name, metadata={**more, **metadata})
         (tmp / CONFIG_FILE).write_text(header + OmegaConf.to_yaml(config, resolve=True))
         (tmp / META_FILE).write_text(json.dumps(dict(meta), indent=2) + "\n")
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, Exception) and is_disk_full(err):
-            raise disk_full_error(folder, tensor_bytes(dict(state_dict))) from None
+            raise disk_full_error(
+                folder, tensor_bytes([state_dict or {}, *(t for t, _ in (extra or {}).values())])
+            ) from None
         raise
     replace_path(tmp, folder)
     return folder
@@ -136,6 +148,11 @@ class LoadedExport:
 
 def read_export_meta(folder: str | os.PathLike[str]) -> tuple[DictConfig, dict[str, Any]]:
     folder = Path(folder)
+    if not (folder / MODEL_FILE).exists() and (folder / "lora.safetensors").exists():
+        raise ValueError(
+            f"{folder} holds a LoRA alone (lora.safetensors): sample its base export with --lora "
+            f"{folder / 'lora.safetensors'}, or train the stage with stage.lora.export_merged=true for a full export"
+        )
     for name in (MODEL_FILE, CONFIG_FILE, META_FILE):
         if not (folder / name).exists():
             raise ValueError(f"{folder} is not a stage export: {name} is missing (a stage writes export/ when it ends)")

@@ -18,6 +18,7 @@ naming the first keys.
 | image UNet -> video UNet | ``inflate_image_unet``: temporal layers new, identity init (RECIPE 1.4) |
 | input conv gains input channels | old channels copied, new ones zero (4 -> 8: the I2V concat latent) |
 | ``label_emb`` gains input columns | old columns copied, new ones zero (t2v 512 -> i2v 768: no ``cond_aug`` at first) |
+| ``label_emb`` columns remapped | the task's ``adapt_init`` (i2v 768 -> mv 512, ``train/task_multiview.py``) |
 | ``label_emb`` appears | its last linear is zero, so the vector conditioning adds nothing at first |
 | conditioner embedder of another kind | source keys dropped; the target's own kept only with ``keep=["conditioner"]`` |
 | SVD concat-latent encoder missing | filled from the loaded first stage (both are the SD 2.1 KL-f8 ``AutoencoderKL``) |
@@ -30,7 +31,7 @@ naming the first keys.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +79,16 @@ def load_init_weights(
     *,
     keep: Sequence[str] = (),
     first_stage_source: CheckpointSource | None = None,
+    adapt_source: Callable[[dict[str, torch.Tensor], Mapping[str, torch.Tensor]], list[str]] | None = None,
 ) -> InitReport:
     """Initialise ``target`` from ``source`` (a checkpoint path, a diffusers folder or a state dict); log and return
     the report.
 
     ``first_stage_source`` supplies the ``first_stage_model.*`` keys instead of ``source``. ``keep`` names the
     components (``unet``, ``first_stage``, ``conditioner``) that may keep the target's own weights where the source
-    has none for them. The target is loaded with ``strict=True``; nothing is modified when an error is raised.
+    has none for them. ``adapt_source`` (the target task's ``TaskSpec.adapt_init``) maps the source onto the
+    target's layout first (e.g. the mv task's ``label_emb`` columns); its lines are reported as widened. The target
+    is loaded with ``strict=True``; nothing is modified when an error is raised.
     """
     keep_set = _check_keep(keep)
     target_sd = target.state_dict()
@@ -96,6 +100,8 @@ def load_init_weights(
         report.add_dropped(DROP_REPLACED_FIRST_STAGE, [k for k in state if k.startswith(FIRST_STAGE_PREFIX)])
         state = {k: v for k, v in state.items() if not k.startswith(FIRST_STAGE_PREFIX)} | first_stage
 
+    if adapt_source is not None:
+        report.widened += adapt_source(state, target_sd)
     present = {c for c, p in COMPONENT_PREFIXES.items() if any(k.startswith(p) for k in target_sd)}
     for component in sorted(set(COMPONENTS) - present):
         prefix = COMPONENT_PREFIXES[component]

@@ -131,3 +131,37 @@ def export_pipeline(
     else:
         model, num_frames, sample_size = _official_model(source, variant, sizes)
     return export_model(model, out, num_frames=num_frames, sample_size=sample_size, dtype=dtype, overwrite=overwrite)
+
+
+@torch.no_grad()
+def decoder_parity(export: str | os.PathLike[str], folder: str | os.PathLike[str], *, seed: int = 0) -> dict:
+    """Our first stage (the export's) against the VAE of the pipeline folder written from it, on the same random
+    latents (one clip of the export's length, 6x8 latents): the max abs difference in float32 and in float64, and
+    each side's float32 result against its own float64 one (the rounding error of each implementation). In float64
+    the mapping shows (a wrong key or layout gives differences far above rounding); float32 differences on trained
+    weights, whose decoder activations reach hundreds, sit at the rounding level of either side."""
+    import copy
+
+    from diffusers import AutoencoderKLTemporalDecoder, StableVideoDiffusionPipeline
+
+    model, num_frames, _ = _stage_model(export)
+    vae = StableVideoDiffusionPipeline.from_pretrained(folder, local_files_only=True).vae.float().eval()
+    ours = model.first_stage.float().eval()
+    kwargs = {"num_frames": num_frames} if isinstance(vae, AutoencoderKLTemporalDecoder) else {}
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(num_frames, vae.config.latent_channels, 6, 8, generator=g)
+    ours32, theirs32 = ours.decode(z, num_frames=num_frames), vae.decode(z, **kwargs).sample
+    ours64 = copy.deepcopy(ours).double().decode(z.double(), num_frames=num_frames)
+    theirs64 = copy.deepcopy(vae).double().decode(z.double(), **kwargs).sample
+
+    def gap(a: torch.Tensor, b: torch.Tensor) -> float:
+        return (a.double() - b.double()).abs().max().item()
+
+    return {
+        "vae": type(vae).__name__,
+        "max_abs_fp32": gap(ours32, theirs32),
+        "max_abs_fp64": gap(ours64, theirs64),
+        "ours_fp32_vs_fp64": gap(ours32, ours64),
+        "diffusers_fp32_vs_fp64": gap(theirs32, theirs64),
+        "output_max_abs": ours64.abs().max().item(),
+    }

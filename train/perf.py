@@ -158,7 +158,9 @@ class UNetStep:
         g = torch.Generator(dev).manual_seed(seed)
         image = aug = None
         if get_task(obj.task).image_conditioned:
-            image = torch.rand(b, 3, cfg.stage.height, cfg.stage.width, generator=g, device=dev) * 2 - 1
+            k = len(get_task(obj.task).cond_frame_indices)  # interp: (B, 2, 3, H, W), the first and last frame
+            lead = (b, k) if k > 1 else (b,)
+            image = torch.rand(*lead, 3, cfg.stage.height, cfg.stage.width, generator=g, device=dev) * 2 - 1
             aug = sample_cond_aug(obj.cond_aug, b, generator=g, device=dev)
         ids = torch.full((b,), 6, device=dev), torch.full((b,), 127, device=dev)
         inputs = conditioner_inputs(
@@ -166,6 +168,7 @@ class UNetStep:
             captions=["a video"] * b,
             fps_id=ids[0],
             motion_bucket_id=ids[1],
+            elevation=torch.full((b,), 10.0, device=dev),  # the mv task's camera elevation (degrees); others ignore it
             cond_image=image,
             cond_aug=aug,
             generator=g,

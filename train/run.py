@@ -20,6 +20,7 @@ from train.config import validate
 from train.datamodule import StreamDataModule
 from train.export import check_export_run_id, decoder_meta, export_dir, resolve_weights_file, stage_dir, write_export
 from train.init_weights import resolve_temporal_decoder, temporal_first_stage_source
+from train.lora import attach_lora
 from train.module import LoopSettings, OptimSettings, StageModule
 from train.preemption import PreemptionCheckpoint
 from train.run_folder import METRICS_FILE, USER_ERROR_EXIT, prepare_stage_folder
@@ -82,12 +83,14 @@ def initialise(cfg: Any, objective: Any) -> None:
         print(f"[init] temporal decoder from the KL autoencoder in {first_stage or source}", flush=True)
         return
     from train.init_weights import load_init_weights
+    from train.tasks import get_task
 
     load_init_weights(
         objective.export_module(),
         source if source is not None else {},
         keep=list(init.keep),
         first_stage_source=str(first_stage) if first_stage is not None else None,
+        adapt_source=get_task(cfg.conditioner.task).adapt_init,
     )
 
 
@@ -192,11 +195,14 @@ def fit_stage(cfg: DictConfig, folder: Path, resume: Path | None) -> int:
     """Build, initialise or resume, fit and export into the prepared stage ``folder``."""
     torch.manual_seed(cfg.seed)  # built weights (random towers in tiny configs) are a function of the seed
     objective = build_objective(cfg)
-    if resume is None:
+    if resume is None or cfg.stage.lora.rank:  # a LoRA checkpoint holds no base weights: the base loads first
         initialise(cfg, objective)
-    else:
+    if resume is not None:
         print(f"[resume] {resume}", flush=True)
+    lora = attach_lora(cfg, objective)  # None without stage.lora.rank (train/lora.py)
     trainer = build_trainer(cfg, folder)
+    if lora is not None:
+        trainer.callbacks.append(lora.checkpoints())
     accumulation = accumulation_steps(
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         global_batch_size=cfg.data.global_batch_size,
@@ -246,7 +252,12 @@ def fit_stage(cfg: DictConfig, folder: Path, resume: Path | None) -> int:
         print(f"[interrupted] at step {trainer.global_step} of {cfg.stage.max_steps}; resume=auto continues",
               file=sys.stderr, flush=True)  # fmt: skip
         return 1
-    state = module.export_state_dict()  # every rank: a collective under ZeRO-3
+    if lora is None:
+        state, extra = module.export_state_dict(), {}  # every rank: a collective under ZeRO-3
+    else:
+        from train.lora_export import export_lora
+
+        state, extra = export_lora(module, lora)  # lora.safetensors, and the merged model with export_merged
     if trainer.is_global_zero:
         meta = {
             "stage": cfg.stage.name,
@@ -259,7 +270,8 @@ def fit_stage(cfg: DictConfig, folder: Path, resume: Path | None) -> int:
             "ema": cfg.stage.ema.enabled,
             "run_id": module.run_id,
             **decoder_meta(cfg),
+            **({"lora": lora.meta()} if lora is not None else {}),
         }
-        out = write_export(export_dir(cfg.paths, cfg.stage.name), state, config=cfg, meta=meta)
+        out = write_export(export_dir(cfg.paths, cfg.stage.name), state, config=cfg, meta=meta, extra=extra)
         print(f"[export] {out}", flush=True)
     return 0

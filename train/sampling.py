@@ -77,6 +77,20 @@ def prepare_image(image: torch.Tensor, *, height: int, width: int) -> torch.Tens
     return to_model_range(resize_and_crop(pixels[None].cpu(), size=(height, width), crop="center")[0])
 
 
+def prepare_cond_images(task: TaskSpec, image: torch.Tensor, *, height: int, width: int) -> torch.Tensor:
+    """The sampling ``cond_image`` of ``task``: (1, 3, H, W) from one image; (1, k, 3, H, W) from k stacked images
+    (k, 3, H, W) for a task conditioned on k frames (``TaskSpec.cond_frame_indices``, interp: first and last)."""
+    k = len(task.cond_frame_indices)
+    if k == 1:
+        return prepare_image(image, height=height, width=width)[None]  # (1, 3, H, W)
+    if image.ndim != 4 or image.shape[0] != k:
+        raise ValueError(
+            f"task {task.name!r} conditions on {k} frames; pass image=<({k}, 3, H, W) tensor> (frame interpolation: "
+            f"scripts/sample.py --interpolate A B), got {tuple(image.shape)}"
+        )
+    return torch.stack([prepare_image(i, height=height, width=width) for i in image])[None]  # (1, k, 3, H, W)
+
+
 def to_uint8_frames(frames: torch.Tensor) -> torch.Tensor:
     """Decoded (T, 3, H, W) frames in [-1, 1] -> uint8 (T, H, W, 3) on CPU."""
     x = ((frames.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
@@ -144,12 +158,13 @@ def sample_video(
     if spec.image_conditioned:
         assert image is not None
         cond_dtype = next(model.conditioner.parameters()).dtype
-        cond_image = prepare_image(image, height=height, width=width)[None].to(device, cond_dtype)  # (1, 3, H, W)
+        cond_image = prepare_cond_images(spec, image, height=height, width=width).to(device, cond_dtype)
     inputs = conditioner_inputs(
         spec.name,
         captions=[prompt] if prompt is not None else [],
         fps_id=torch.tensor([s.fps_id], device=device),
         motion_bucket_id=torch.tensor([s.motion_bucket_id], device=device),
+        elevation=torch.tensor([s.elevation], device=device) if s.elevation is not None else None,
         cond_image=cond_image,
         cond_aug=torch.tensor([s.cond_aug], device=device),
         generator=generator,

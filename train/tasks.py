@@ -16,7 +16,7 @@ see ``train/README.md``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ class ConditionerParts:
     ucg_rates: dict[str, float]  # input key -> CFG dropout probability (conditioner.ucg_rates)
     clip_resize: str  # conditioner.clip_resize
     autoencoder: AutoencoderSpec  # the first stage's spec (the SVD concat-latent encoder is a copy of it)
+    num_frames: int = 1  # stage.num_frames (the interpolation conditioner lays out a per-frame input)
 
 
 # keyword sources (captions, fps_id, motion_bucket_id, cond_image, cond_aug, generator) -> the conditioner batch;
@@ -73,6 +74,13 @@ class TaskSpec:
     video: bool
     image_conditioned: bool = False
     in_channel_factor: int = 1  # UNet in_channels = factor x latent channels (i2v concatenates the frame's latent)
+    extra_in_channels: int = 0  # + this many (interp's mask channel: 2 x 4 + 1 = 9)
+    # The clip frames an image-conditioned task conditions on in training (i2v the first; interp the first and last,
+    # then cond_image is (B, k, 3, H, W) and sampling takes k images).
+    cond_frame_indices: tuple[int, ...] = (0,)
+    # Hand-off hook (train.init_weights.load_init_weights): maps a source state dict onto this task's layout in place
+    # before matching (e.g. mv's label_emb columns) and returns the lines the init report lists as widened.
+    adapt_init: Callable[[dict[str, torch.Tensor], Mapping[str, torch.Tensor]], list[str]] | None = None
 
     @property
     def sample_input(self) -> str:
@@ -190,3 +198,7 @@ SVD_TASK = register_task(
         in_channel_factor=2,
     )  # fmt: skip
 ).name
+
+# Tasks defined in their own modules register themselves on import.
+from train import task_interpolation  # noqa: E402, F401, I001
+from train import task_multiview  # noqa: E402, F401, I001

@@ -10,8 +10,9 @@ An annotator is a subclass of ``Annotator`` that says
 - ``needs``: what it reads of a video: ``"scan"`` = frames of the single decode pass through a ``FrameTap``
   (``taps.py``; the tap names its own ``fps`` and ``short_side``), made per video by ``tap()``; ``"keyframes"`` =
   only the clip's first, middle and last frames at full size (``ClipContext.frames``);
-- ``fields``: the numeric record fields it writes; the report draws a histogram of each (in registry order) and
-  the subsets' filters may use them (``missing`` says why a field will not be there with a config);
+- ``fields``: the record fields it writes; the report draws a histogram of each numeric one (in registry order) and
+  the subsets' filters may use them (a label such as ``camera_motion`` through a filter's ``values``; ``missing``
+  says why a field will not be there with a config);
 - ``cheap``: whether ``bench_curation`` counts it in its ``pipeline`` figure (False for the model scores).
 
 It is built once per process from the ``AnnotateConfig`` (``__init__``: load models there), only when
@@ -146,7 +147,7 @@ def option_specs() -> dict[str, Option]:
 
 
 def score_fields() -> list[str]:
-    """The numeric record fields the registered annotators write, in registry order."""
+    """The record fields the registered annotators write, in registry order (the report plots the numeric ones)."""
     return [f for a in registered() for f in a.fields]
 
 

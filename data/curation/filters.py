@@ -7,7 +7,9 @@ value lies in ``[low, high]``, both ends inclusive:
 
 - ``drop_below_percentile=p`` puts ``low`` at the p-th percentile of the values, so ``p=25`` drops the lowest 25%;
 - ``drop_above_percentile=q`` puts ``high`` at the q-th percentile, so ``q=75`` drops the top 25%;
-- ``min`` / ``max`` are absolute bounds; given together with a percentile, the stricter of the two applies.
+- ``min`` / ``max`` are absolute bounds; given together with a percentile, the stricter of the two applies;
+- ``values`` is a categorical selection instead (e.g. ``camera_motion`` in ``[zoom_in]``): the value, compared as text
+  (``data.stream.category_text``), must be one of them; it takes no percentile or bound.
 
 Percentiles use ``np.percentile(values, p, method="linear")``. A value exactly at a cut is kept; with many equal
 values at a cut (ties), more than the nominal fraction is kept. By default every filter's percentiles are computed
@@ -42,6 +44,7 @@ import numpy as np
 from data.micro_cond import lookup
 from data.shard_writer import ShardWriter
 from data.sources import expand_urls, iter_shard_records
+from data.stream import category_text
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +88,21 @@ class FilterSpec:
     max: float | None = None
     on_missing: Literal["drop", "keep"] = "drop"
     name: str | None = None
+    values: tuple[str, ...] | None = None  # categorical: keep a clip whose value is one of these
 
     def __post_init__(self) -> None:
         if not self.field:
             raise ValueError("FilterSpec.field is empty; give a dotted json path such as 'motion_score'")
         bounds = (self.drop_below_percentile, self.drop_above_percentile, self.min, self.max)
-        if all(b is None for b in bounds):
-            raise ValueError(f"FilterSpec({self.field!r}) does nothing; set a percentile, min or max")
+        if self.values is not None:
+            object.__setattr__(self, "values", tuple(str(v) for v in self.values))
+            if not self.values:
+                raise ValueError(f"FilterSpec({self.field!r}) has an empty values list; name at least one value")
+            if any(b is not None for b in bounds):
+                raise ValueError(f"FilterSpec({self.field!r}) sets values {list(self.values)} and a percentile or "
+                                 "bound: a categorical filter has neither; use two filters")  # fmt: skip
+        elif all(b is None for b in bounds):
+            raise ValueError(f"FilterSpec({self.field!r}) does nothing; set a percentile, min, max or values")
         for p in bounds[:2]:
             if p is not None and not 0 <= p <= 100:
                 raise ValueError(f"FilterSpec({self.field!r}): percentiles must be in [0, 100]; got {p}")
@@ -111,7 +122,7 @@ class FilterSpec:
 
     def describe(self) -> str:
         """A short human-readable rule, e.g. ``drop < p25, keep >= 0.5``."""
-        parts = []
+        parts = [f"one of {', '.join(self.values)}"] if self.values is not None else []
         if self.drop_below_percentile is not None:
             parts.append(f"drop < p{self.drop_below_percentile:g}")
         if self.drop_above_percentile is not None:
@@ -228,13 +239,19 @@ def apply_filters(records: Sequence[Mapping[str, Any]], cfg: FilterConfig) -> Fi
     counts = {"input": len(records)}
     missing: dict[str, int] = {}
     for spec in cfg.filters:
-        values = np.array([np.nan if (v := value_of(r, spec.field)) is None else v for r in records], dtype=float)
-        present = ~np.isnan(values)
         reach = alive if cfg.sequential else np.ones_like(alive)
-        low, high = spec.resolve(values[present & reach])
-        thresholds[spec.label] = (low, high)
-        with np.errstate(invalid="ignore"):
-            inside = (low is None or values >= low) & (high is None or values <= high)
+        if spec.values is not None:
+            raw = [lookup(r, spec.field) for r in records]
+            present = np.array([v is not None for v in raw], dtype=bool)
+            inside = np.array([v is not None and category_text(v) in spec.values for v in raw], dtype=bool)
+            thresholds[spec.label] = (None, None)
+        else:
+            values = np.array([np.nan if (v := value_of(r, spec.field)) is None else v for r in records], dtype=float)
+            present = ~np.isnan(values)
+            low, high = spec.resolve(values[present & reach])
+            thresholds[spec.label] = (low, high)
+            with np.errstate(invalid="ignore"):
+                inside = (low is None or values >= low) & (high is None or values <= high)
         passes = np.where(present, inside, spec.on_missing == "keep")
         missing[f"missing_{spec.field}"] = int((~present).sum())
         drop = reach & ~passes
@@ -250,6 +267,9 @@ def freeze_thresholds(cfg: FilterConfig, result: FilterResult) -> FilterConfig:
     specs = []
     for spec in cfg.filters:
         low, high = result.thresholds[spec.label]
+        if spec.values is not None:  # categorical: nothing to freeze
+            specs.append(spec)
+            continue
         if low is None and high is None:
             raise ValueError(f"filter {spec.label!r} resolved no threshold (no record had {spec.field!r})")
         specs.append(replace(spec, drop_below_percentile=None, drop_above_percentile=None, min=low, max=high))

@@ -36,6 +36,10 @@ The score becomes ``motion_bucket_id`` through ``data/micro_cond.py`` (default: 
 Scan use: a ``MotionTap`` is one of ``scan.py``'s frame taps; it keeps one small grey frame and a list of
 ``(t_prev, t_cur, score)`` pairs for the whole video, and ``clip_score(start_s, end_s)`` averages the pairs lying
 inside a clip, so pairs that straddle a cut never count. ``motion_score`` does the same for frames outside a scan.
+
+Camera motion: the same flow map of every pair is fitted with a global camera model (``camera_motion.py``), so the
+annotator also writes ``camera_tx``, ``camera_ty``, ``camera_zoom`` and the label ``camera_motion`` without a second
+flow; ``MotionTap.clip_camera`` gives a clip's pair fits.
 """
 
 from __future__ import annotations
@@ -48,6 +52,15 @@ import cv2
 import numpy as np
 
 from data.curation.annotators import Annotator, ClipContext, Option, round_score
+from data.curation.camera_motion import FIELDS as CAMERA_FIELDS
+from data.curation.camera_motion import (
+    CameraMotionConfig,
+    CameraPair,
+    camera_fields,
+    camera_pair,
+    fit_camera,
+    texture_weights,
+)
 
 # Two samples closer than this (seconds) count as the same time when choosing frames at ``fps``.
 _TIME_EPS = 1e-3
@@ -101,16 +114,21 @@ def to_grey(frame: np.ndarray, cfg: MotionConfig) -> np.ndarray:
     return _resize_short_side(grey, cfg.short_side)
 
 
-def pair_motion(prev_grey: np.ndarray, cur_grey: np.ndarray, cfg: MotionConfig) -> float:
-    """Mean flow magnitude from ``prev_grey`` to ``cur_grey`` in pixels of the ``flow_short_side`` map (not per
-    second): Farneback at the frames' size, vector field area-averaged to the small map, magnitudes averaged."""
+def pair_flow(prev_grey: np.ndarray, cur_grey: np.ndarray, cfg: MotionConfig) -> np.ndarray:
+    """The flow map from ``prev_grey`` to ``cur_grey``: Farneback at the frames' size, the vector field
+    area-averaged to the ``flow_short_side`` map, as (h16, w16, 2) float64 in that map's pixels (not per second)."""
     flow = cv2.calcOpticalFlowFarneback(
         prev_grey, cur_grey, None, cfg.pyr_scale, cfg.levels, cfg.winsize, cfg.iterations, cfg.poly_n,
         cfg.poly_sigma, 0,
     )  # fmt: skip
     # (h, w, 2) in frame pixels -> (h16, w16, 2) in 16-px-map pixels.
     small = _resize_short_side(flow, cfg.flow_short_side) * (cfg.flow_short_side / min(flow.shape[:2]))
-    return float(np.sqrt((small.astype(np.float64) ** 2).sum(axis=-1)).mean())
+    return small.astype(np.float64)
+
+
+def _magnitude(small: np.ndarray) -> float:
+    """Mean vector length of a ``pair_flow`` map: the pair's motion in map pixels (not per second)."""
+    return float(np.sqrt((small**2).sum(axis=-1)).mean())
 
 
 class MotionTap:
@@ -122,6 +140,7 @@ class MotionTap:
         self.short_side: int | None = self.cfg.short_side
         self._prev: tuple[float, np.ndarray] | None = None
         self._pairs: list[tuple[float, float, float]] = []  # (t_prev, t_cur, 16-px-map px/s)
+        self._camera: list[CameraPair] = []  # the same pairs' camera fits (camera_motion.py)
 
     def push(self, index: int, time_s: float, frame: np.ndarray) -> None:
         grey = to_grey(frame, self.cfg)
@@ -134,7 +153,10 @@ class MotionTap:
         if dt <= 0 or prev_grey.shape != grey.shape:
             # Out-of-order or duplicate timestamps, or a resolution change mid-stream: restart the pair chain.
             return
-        self._pairs.append((t_prev, time_s, pair_motion(prev_grey, grey, self.cfg) / dt))
+        small = pair_flow(prev_grey, grey, self.cfg)
+        self._pairs.append((t_prev, time_s, _magnitude(small) / dt))
+        fit = fit_camera(small, texture_weights(prev_grey, small.shape[:2]))
+        self._camera.append(camera_pair(t_prev, time_s, fit))
 
     @property
     def pairs(self) -> list[tuple[float, float, float]]:
@@ -145,6 +167,10 @@ class MotionTap:
         """Mean score of the pairs with both times in ``[start_s, end_s)``; None when the clip holds no pair."""
         inside = [s for t0, t1, s in self._pairs if start_s <= t0 and t1 < end_s]
         return float(np.mean(inside)) if inside else None
+
+    def clip_camera(self, start_s: float, end_s: float) -> list[CameraPair]:
+        """The camera fits of the pairs with both times in ``[start_s, end_s)`` (``camera_motion.py``)."""
+        return [p for p in self._camera if start_s <= p.t0 and p.t1 < end_s]
 
 
 def sample_indices(times_s: Sequence[float], fps: float) -> list[int]:
@@ -173,12 +199,17 @@ def motion_score(frames: np.ndarray, times_s: Sequence[float], cfg: MotionConfig
 
 
 class MotionAnnotator(Annotator):
-    """``motion_score``: the mean of the video's ``MotionTap`` pairs inside the clip (``annotate.motion``)."""
+    """``motion_score``: the mean of the video's ``MotionTap`` pairs inside the clip (``annotate.motion``); and from
+    the same flow the camera fields ``camera_tx``, ``camera_ty``, ``camera_zoom`` (numbers) and the label
+    ``camera_motion`` (``camera_motion.py``; thresholds ``annotate.camera_motion``)."""
 
     name = "motion"
-    options = (Option("motion", MotionConfig, factory=MotionConfig),)
+    options = (
+        Option("motion", MotionConfig, factory=MotionConfig),
+        Option("camera_motion", CameraMotionConfig, factory=CameraMotionConfig),
+    )
     needs = "scan"
-    fields = ("motion_score",)
+    fields = ("motion_score", *CAMERA_FIELDS)
 
     def tap(self) -> MotionTap:
         return MotionTap(self.cfg.motion)
@@ -186,4 +217,6 @@ class MotionAnnotator(Annotator):
     def annotate(self, clip: ClipContext) -> None:
         tap = clip.taps[self.name]
         assert isinstance(tap, MotionTap)
-        clip.record["motion_score"] = round_score(tap.clip_score(clip.record["start_s"], clip.record["end_s"]))
+        start, end = clip.record["start_s"], clip.record["end_s"]
+        clip.record["motion_score"] = round_score(tap.clip_score(start, end))
+        clip.record.update(camera_fields(tap.clip_camera(start, end), self.cfg.camera_motion))

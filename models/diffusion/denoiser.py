@@ -6,7 +6,8 @@ snapped to the nearest of the 1000 DDPM sigmas and c_noise is that sigma's index
 
 Conditioning ``cond`` is the conditioner's dict (RECIPE 2): ``crossattn`` -> network ``context=``, ``vector`` ->
 ``y=``, ``concat`` -> concatenated to the network input along channels AFTER the c_in scaling, as sgm's
-``OpenAIWrapper`` does, so the conditioning latent reaches the network unscaled.
+``OpenAIWrapper`` does, so the conditioning latent reaches the network unscaled. ``concat`` has one row per frame:
+i2v's one latent repeated over the frames, frame interpolation's per-frame sequence (``train.conditioning.per_frame``).
 """
 
 from __future__ import annotations

@@ -37,11 +37,13 @@ class CrossAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        if context is None:
-            # One (C, 3C) matmul instead of three (C, C) ones: better kernel efficiency at small widths.
+        if context is None and all(type(m) is nn.Linear for m in (self.to_q, self.to_k, self.to_v)):
+            # One (C, 3C) matmul instead of three (C, C) ones: better kernel efficiency at small widths. Wrapped
+            # projections (a peft LoRA, train/lora.py) run as modules below, so that their adapters apply.
             weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
             q, k, v = F.linear(x, weight).chunk(3, dim=-1)
         else:
+            context = x if context is None else context
             q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         # (B, N, h*d) -> (B, h, N, d)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
@@ -76,7 +78,7 @@ def cross_attention_residual(
         return x + h.unflatten(1, (groups, x.shape[1])).flatten(0, 1)
     out = attn.to_out(attn.to_v(context))  # (B, 1, C)
     if torch.is_grad_enabled():
-        skipped = (attn.to_q.weight, attn.to_k.weight, norm.weight, norm.bias)
+        skipped = (*attn.to_q.parameters(), *attn.to_k.parameters(), norm.weight, norm.bias)  # + a LoRA's A, B
         out = out + sum(p.sum() for p in skipped if p is not None and p.requires_grad) * 0.0
     return (x.unflatten(0, (-1, groups)) + out[:, None]).flatten(0, 1)
 

@@ -32,8 +32,11 @@ def test_config_groups_are_frozen():
     assert sorted(training) == GROUPS
     assert STAGES == [
         "autoencoder",
+        "camera_lora",
+        "frame_interpolation",
         "image_pretrain",
         "img2vid_finetune",
+        "multiview",
         "temporal_decoder",
         "video_finetune",
         "video_pretrain",

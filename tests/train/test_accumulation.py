@@ -279,6 +279,7 @@ def test_k2_preempted_killed_and_resumed_equals_the_uninterrupted_run(stage_over
     _assert_same_run(straight, stage, steps=steps, k=2)
 
 
+@pytest.mark.processes
 def test_k2_under_two_ddp_ranks_syncs_once_per_step_and_resumes_after_sigkill_bit_for_bit(stage_overrides, tmp_path):
     steps = 3
     script = tmp_path / "runner.py"

@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from data.loader import build_stream
@@ -106,6 +107,7 @@ def _check_both_ranks_streamed_their_own_shards(checkpoint: dict, overrides: lis
             assert len(a | b) == clips, (start, keys)
 
 
+@pytest.mark.processes
 def test_two_ddp_ranks_stream_their_own_shards_and_resume_after_sigkill_bit_for_bit(stage_overrides, tmp_path):
     # No shuffle buffer, so each pass over the clips is a contiguous block of every worker's stream (the shuffle
     # buffer's replay on resume is covered by test_resume.py).
@@ -155,6 +157,7 @@ def test_two_ddp_ranks_stream_their_own_shards_and_resume_after_sigkill_bit_for_
     assert_same_export_weights(done / "export", stage / "export")
 
 
+@pytest.mark.processes
 def test_a_nonfinite_gradient_is_skipped_on_both_ddp_ranks_and_advances_nothing(stage_overrides, tmp_path):
     _run(stage_overrides("video_pretrain", *DDP, *NONFINITE_GRAD_RUN))
     assert_nonfinite_grad_step_skipped(tmp_path / "runs" / "demo" / "video_pretrain")

@@ -31,6 +31,8 @@ from .cpu_deepspeed import StageRun, run_stage
 
 pytest.importorskip("deepspeed")
 
+pytestmark = pytest.mark.processes  # several ranks per test: one at a time under xdist
+
 STAGE, WORLD, STEPS, NAN_AT, KILL_AT_SAVE = "video_pretrain", 2, 6, 1, 4
 RUN = (
     "trainer.accelerator=cpu",

@@ -128,6 +128,7 @@ def test_full_finetune_trains_the_whole_unet_and_keeps_the_vae_and_conditioner(r
     assert optimized == len(unet) and ema == set(unet)
 
 
+@pytest.mark.processes
 def test_temporal_finetune_under_ddp_from_the_command_line(released, demo_shards, tmp_path):
     """Two DDP processes (gloo): the frozen parameters are outside DDP's gradient buckets (no
     find_unused_parameters needed), and the start-up log says what trains."""

@@ -17,6 +17,7 @@ from tests.scripts.test_export_diffusers import _perturb
 from train.builders import build_objective
 from train.config import register_configs
 from train.export import write_export
+from train.interop_diffusers import decoder_parity
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
@@ -68,6 +69,16 @@ def test_the_pipeline_decodes_with_our_temporal_decoder(exported) -> None:
         generator=torch.Generator().manual_seed(0), output_type="pt",
     ).frames  # fmt: skip
     assert frames.shape == (1, T, 3, 48, 64) and torch.isfinite(frames).all()
+
+
+def test_decoder_parity_is_exact_in_float64(exported) -> None:
+    """What ``export_diffusers.py --check`` prints: in float64 the two decoders agree to rounding (the mapping is
+    exact); in float32 each side's own rounding bounds the difference."""
+    _, _, root = exported
+    parity = decoder_parity(root / "export", root / "pipe")
+    assert parity["vae"] == "AutoencoderKLTemporalDecoder" and parity["output_max_abs"] > 0.05
+    assert parity["max_abs_fp64"] < 1e-12
+    assert parity["max_abs_fp32"] < 1e-5 and parity["ours_fp32_vs_fp64"] < 1e-5
 
 
 def test_identity_blocks_and_the_fold_are_exact() -> None:

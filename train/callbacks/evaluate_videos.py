@@ -4,8 +4,8 @@ The set is the same at every evaluation: each prompt (text tasks) or conditionin
 sampled with seeds ``seed, seed + 1, ...`` (``videos_per_prompt`` of them), so the numbers move with the weights
 only. Metrics:
 
-* ``eval/clipsim`` (text tasks) or ``eval/clip_image_similarity`` (image-conditioned tasks), and
-  ``eval/clip_consistency`` (video);
+* ``eval/clipsim`` (text tasks) or ``eval/clip_image_similarity`` (image-conditioned tasks; for frame interpolation
+  the mean of the scores against the first and the last image), and ``eval/clip_consistency`` (video);
 * with ``features`` "i3d" (``eval/fvd``) or "clip" (``eval/fd_clip``): the Frechet distance to ``num_reference``
   clips from the ``reference`` shards, cut at the stage's frames and size (their statistics are computed once). A
   handful of generated videos gives a noisy, biased estimate: read it as a trend, never as the paper's FVD
@@ -151,7 +151,15 @@ class EvaluateVideos(PeriodicSampling):
         texts = None if from_image else [r["prompt"] for r in samples.requests]
         images = [r["image"] for r in samples.requests] if from_image else None
         frames = list(embed_videos(self._scorer, videos))  # (T, D) per video, for the scores and CLIP features
-        scores = score_frame_embeddings(self._scorer, frames, prompts=texts, images=images)
+        ends = images is not None and images[0].ndim == 4  # interp: (2, 3, H, W), the first and last frame
+        scores = score_frame_embeddings(self._scorer, frames, prompts=texts, images=None if ends else images)
+        if ends:
+            assert images is not None
+            per_end = [
+                score_frame_embeddings(self._scorer, frames, images=[pair[j] for pair in images]).image_similarity
+                for j in range(images[0].shape[0])
+            ]
+            scores.image_similarity = [sum(s) / len(s) for s in zip(*per_end, strict=True)]
         metrics = {f"eval/{k}": v for k, v in scores.summary().items()}
         metrics.update(self._frechet(videos, frames, samples.objective))
         self._log(trainer, pl_module, metrics, step=step)

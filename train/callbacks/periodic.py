@@ -3,9 +3,11 @@
 A ``PeriodicSampling`` callback runs every ``every_n_steps`` optimizer steps and once more at the end of training
 (unless the last step already ran). Only global rank 0 samples, each prompt (text tasks) or conditioning image
 (image-conditioned tasks, ``train.tasks.TaskSpec.sample_input``) with the EMA weights swapped in when the module
-has them (``ema_weights``); ``sample_video`` puts the model in eval mode and restores it. With sharded strategies
-(FSDP, DeepSpeed ZeRO-3) rank 0 does not hold the full weights, so ``train.run`` leaves these callbacks out under
-``deepspeed_zero3``: use them with DDP or one device.
+has them (``ema_weights``); ``sample_video`` puts the model in eval mode and restores it. Frame interpolation (task
+``interp``) takes ``images`` entries ``first.png|last.png`` (``train.sample_inputs``) and samples through
+``train.interpolation.interpolate_pair``, as ``scripts/sample.py --interpolate`` does: the clip's end frames are the
+two images. With sharded strategies (FSDP, DeepSpeed ZeRO-3) rank 0 does not hold the full weights, so ``train.run``
+leaves these callbacks out under ``deepspeed_zero3``: use them with DDP or one device.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import pytorch_lightning as pl
 import torch
 
 from train.config import GenerationSettings
+from train.interpolation import interpolate_pair, read_image_pair
 from train.media import read_image
+from train.sample_inputs import image_groups
 from train.sampling import sample_video
+from train.task_interpolation import INTERPOLATION_TASK
 from train.tasks import TASKS, get_task
 
 SAMPLING_ATTRS = ("model", "denoiser", "task", "num_frames", "height", "width")
@@ -36,7 +41,8 @@ def ema_weights(pl_module: pl.LightningModule) -> AbstractContextManager[Any]:
 
 @dataclass(frozen=True)
 class Samples:
-    """One round of sampling: the objective, the requests (``prompt`` or ``image``, and ``seed``) and the videos."""
+    """One round of sampling: the objective, the requests (``prompt`` or ``image``, and ``seed``) and the videos.
+    An interp request's ``image`` is uint8 (2, 3, H, W), its first and last frame; others' (3, H, W)."""
 
     objective: Any
     requests: list[dict[str, Any]]
@@ -100,7 +106,9 @@ class PeriodicSampling(pl.Callback):
         what = get_task(task).sample_input  # "image" or "prompt"
         if what == "image":  # read as training reads images, at the stage size (what sample.py does too)
             size = (objective.height, objective.width)
-            requests = [{"image": read_image(path, size=size)} for path in self.images]
+            groups = image_groups(self.images, task=task, key=f"{self.config_key}.images")
+            read = read_image_pair if len(get_task(task).cond_frame_indices) == 2 else read_image
+            requests = [{"image": read(*group, size=size)} for group in groups]
         else:
             requests = [{"prompt": prompt} for prompt in self.prompts]
         if not requests:
@@ -118,22 +126,28 @@ class PeriodicSampling(pl.Callback):
         if objective is None or not requests:
             return None
         with ema_weights(pl_module):
-            videos = [
-                sample_video(
-                    objective.model,
-                    objective.denoiser,
-                    task=objective.task,
-                    num_frames=objective.num_frames,
-                    height=objective.height,
-                    width=objective.width,
-                    device=pl_module.device,
-                    prompt=request.get("prompt"),
-                    image=request.get("image"),
-                    settings=dataclasses.replace(self.settings, seed=request["seed"]),
-                )
-                for request in requests
-            ]
+            videos = [self._sample(objective, request, pl_module.device) for request in requests]
         return Samples(objective, requests, videos)
+
+    def _sample(self, objective: Any, request: dict[str, Any], device: torch.device) -> torch.Tensor:
+        settings = dataclasses.replace(self.settings, seed=request["seed"])
+        model, denoiser, frames = objective.model, objective.denoiser, objective.num_frames
+        if get_task(objective.task).name == INTERPOLATION_TASK:  # scripts/sample.py --interpolate's path
+            return interpolate_pair(
+                model, denoiser, request["image"], num_frames=frames, settings=settings, device=device
+            )
+        return sample_video(
+            model,
+            denoiser,
+            task=objective.task,
+            num_frames=frames,
+            height=objective.height,
+            width=objective.width,
+            device=device,
+            prompt=request.get("prompt"),
+            image=request.get("image"),
+            settings=settings,
+        )
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

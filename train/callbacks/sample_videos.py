@@ -28,8 +28,8 @@ def log_videos(loggers: Sequence[Logger], videos: Sequence[Path], *, step: int) 
 
 
 class SampleVideos(PeriodicSampling):
-    """Sample ``prompts`` (text tasks) or ``images`` (image-conditioned tasks, paths of image files) with the stage's
-    objective; ``fps`` is the frame rate of the written files."""
+    """Sample ``prompts`` (text tasks) or ``images`` (image-conditioned tasks, paths of image files; interp:
+    ``first.png|last.png`` pairs) with the stage's objective; ``fps`` is the frame rate of the written files."""
 
     config_key = "logger.samples"
 

@@ -77,7 +77,13 @@ class DiffusionObjective(Objective):
             return first_stage.encode_latents(x.float(), chunk_size=self.encode_chunk, sample=True, generator=generator)
 
     def cond_image(self, batch: Batch) -> torch.Tensor:
-        """The clean conditioning frame (B, 3, H, W) in [-1, 1]: frame 0, or the cached one."""
+        """The clean conditioning frame (B, 3, H, W) in [-1, 1]: frame 0, or the cached one; for a task conditioned
+        on several frames (``TaskSpec.cond_frame_indices``, interp's first and last) (B, k, 3, H, W)."""
+        indices = get_task(self.task).cond_frame_indices
+        if indices != (0,):
+            if "frames" not in batch:
+                raise ValueError(f"task {self.task} conditions on frames {indices}: train on clips, not latents")
+            return to_model_range(batch["frames"][:, list(indices)])
         frame = batch["cond_frame"] if "cond_frame" in batch else batch["frames"][:, 0]
         return to_model_range(frame)
 
@@ -97,6 +103,7 @@ class DiffusionObjective(Objective):
             captions=batch["caption"],
             fps_id=batch["fps_id"],
             motion_bucket_id=batch["motion_bucket_id"],
+            elevation=batch.get("elevation"),  # multi-view orbits (the mv task); others ignore it
             cond_image=cond_image,
             cond_aug=cond_aug,
             generator=generator,

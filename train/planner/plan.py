@@ -70,6 +70,10 @@ def build_for_plan(cfg: Any, mode: Any) -> Any:
         raise ValueError(f"the planner covers diffusion stages (UNet); stage.objective={cfg.stage.objective}")
     with mode:
         objective = build_objective(cfg)
+    if OmegaConf.select(cfg, "stage.lora.rank", default=0):  # only the LoRA trains (train/lora.py); its A and B are
+        from train.lora import inject_lora  # real tensors (small), as peft cannot move fake ones to the base's device
+
+        inject_lora(objective, cfg.stage.lora)
     select_trainable(objective.export_module(), list(cfg.stage.trainable), layers=cfg.stage.trainable_layers)
     return objective
 

@@ -3,6 +3,7 @@ report; a killed run re-run ends byte-identical to an uninterrupted one; the SLU
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from data.curation.camera_motion import FIELDS, LABELS
 from data.curation.config import CurateConfig, compose_config
 from data.curation.runner import run
 from data.demo_data import raw_video_sample, write_shards
@@ -82,6 +84,9 @@ def test_clips_annotations_subsets_and_report(curated, raw_shards):
     for clips in by_video.values():
         clips.sort(key=lambda r: r["start_s"])
         assert clips[0]["motion_score"] < clips[1]["motion_score"]
+        assert clips[0]["camera_motion"] == "static"  # and its camera stands still
+    for r in records:  # the camera fields (data/curation/camera_motion.py), in the clip json too
+        assert r["camera_motion"] in LABELS and all(isinstance(r[k], float) for k in FIELDS[:3]), r
     kept = (out / "subsets" / "pretrain" / "keys.txt").read_text().split()
     assert 0 < len(kept) < len(records)
     assert summary["subsets"]["pretrain"]["kept"] == len(kept)
@@ -106,6 +111,16 @@ def test_the_training_stream_reads_the_curated_shards(curated):
     samples = list(build_stream(cfg, rank=0, world_size=1))
     assert sorted(s["key"] for s in samples) == sorted(kept)
     assert all(tuple(s["frames"].shape) == (4, 3, 64, 64) for s in samples)
+    # A camera-motion LoRA set: the training filter picks the clips by their camera_motion label.
+    from data.stream import MetadataFilter
+
+    labels = {
+        r["key"]: r["camera_motion"] for r in map(json.loads, (out / "annotations.jsonl").read_text().split("\n")[:-1])
+    }
+    static = dataclasses.replace(cfg, stream=StreamConfig(passes=1, shuffle_buffer=1, filters=[
+        MetadataFilter("camera_motion", values=["static"])]))  # fmt: skip
+    picked = sorted(s["key"] for s in build_stream(static, rank=0, world_size=1))
+    assert picked == sorted(k for k in kept if labels[k] == "static") and picked
 
 
 def _cli(raw: str, out: Path, *extra: str) -> list[str]:

@@ -55,6 +55,7 @@ def _committed(out: Path) -> list[str]:
     )
 
 
+@pytest.mark.processes
 def test_workers_die_with_a_killed_parent_and_the_rerun_is_identical(tmp_path: Path) -> None:
     raw = write_raw(tmp_path / "raw", UNITS)
     reference, out = tmp_path / "reference", tmp_path / "out"
