@@ -91,10 +91,11 @@ def save_state_dict(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # Creating the file ourselves (0o666 filtered by the umask) keeps the usual permissions after os.replace.
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+        # safetensors replaces the file with its own 0600 one: give it the usual mode (0666 filtered by the umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -102,6 +103,12 @@ def save_state_dict(
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _torch_load_weights_only(path: Path, *, device: str | torch.device) -> object:

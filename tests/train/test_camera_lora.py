@@ -34,6 +34,7 @@ from train.module import StageModule, read_metrics
 from train.run import run
 
 from .conftest import compose_train, tiny_stage_overrides
+from .test_svd_finetune import released  # noqa: F401  (the tiny released-file fixture)
 
 BASE = "img2vid_finetune"
 PROJECTIONS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
@@ -253,3 +254,23 @@ def test_the_stage_composes_with_the_paper_values():
     )
     assert (cfg.stage.init.from_stage, cfg.conditioner.task, unet_spec(cfg).in_channels) == (BASE, "i2v", 8)
     assert (cfg.stage.height, cfg.stage.width, cfg.stage.num_frames) == (576, 1024, 14)
+
+
+def test_a_lora_trains_on_the_released_svd_file(released, demo_shards, tmp_path):  # noqa: F811 (the fixture)
+    """The paper's start: a released svd.safetensors (official layout, tiny sizes) as the base, every weight from the
+    file (its temporal decoder, CLIP tower and concat encoder); the LoRA trains and the base stays as in the file."""
+    path, state = released
+    overrides = [
+        "stage=camera_lora", "experiment=demo", "stage.init.from_stage=null", f"stage.init.path={path}",
+        "model.autoencoder.temporal_decoder=true", "model.clip.pretrained=null", f"paths.root={tmp_path}",
+        f"paths.data_root={demo_shards}", "stage.height=32", "stage.width=32", "stage.num_frames=4",
+        "stage.max_steps=2", "data.batch_size=2", "data.shuffle_buffer=4", "trainer.progress_bar=false",
+        "stage.lora.export_merged=true",
+    ]  # fmt: skip
+    assert run(compose_train(overrides)) == 0
+    export = tmp_path / "demo" / "camera_lora" / "export"
+    lora, _ = _tensors(export / LORA_FILE)
+    assert lora and all(".lora_A." in k or ".lora_B." in k for k in lora)
+    merged = load_state_dict(export / "model.safetensors")
+    changed = [k for k, v in state.items() if k in merged and not torch.equal(merged[k], v)]
+    assert changed and all(".time_stack." in k and ".attn" in k for k in changed)  # only the LoRA'd projections

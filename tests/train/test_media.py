@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import av
 import numpy as np
 import pytest
@@ -46,6 +49,17 @@ def test_gif_loops_forever_at_the_frame_rate(tmp_path):
     single = write_gif(frames[:1], tmp_path / "one.gif", fps=5)
     with Image.open(single) as gif:
         assert gif.n_frames == 1
+
+
+def test_written_files_get_an_ordinary_file_mode(tmp_path):
+    """The temporary is made 0600 (mkstemp); the renamed video has the mode an open() would give (0666 & ~umask)."""
+    old = os.umask(0o022)
+    try:
+        mp4 = write_mp4(_frames(2, 8, 8), tmp_path / "a.mp4", fps=7)
+        gif = write_gif(_frames(2, 8, 8), tmp_path / "a.gif", fps=7)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(mp4.stat().st_mode) == stat.S_IMODE(gif.stat().st_mode) == 0o644
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,16 @@ def test_safetensors_round_trip_keeps_values_dtypes_and_metadata(tmp_path: Path)
     _assert_same(load_state_dict(path), sd)
     with safetensors.safe_open(str(path), framework="pt") as f:
         assert f.metadata() == {"stage": "image_pretrain"}
+
+
+def test_saved_file_gets_an_ordinary_file_mode(tmp_path: Path) -> None:
+    """Readable as any file the user writes (0666 & ~umask), not the 0600 of safetensors' own temporary."""
+    old = os.umask(0o022)
+    try:
+        save_state_dict(_small_state_dict(), tmp_path / "a.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644
 
 
 def test_save_handles_shared_and_non_contiguous_tensors(tmp_path: Path) -> None:
