@@ -158,7 +158,7 @@ def render_view(obj: OrbitObject, *, azimuth: float, elevation: float, size: int
     to_object = np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])  # rotation about y by -yaw
     o, d = to_object @ origin, world_dirs @ to_object.T
     best = np.full(len(d), np.inf)
-    color = np.empty((len(d), 3))
+    color = np.zeros((len(d), 3))  # rays that hit nothing keep 0 (np.where picks the background there)
     normal = np.zeros((len(d), 3))
     for part in obj.parts:
         t, n = (_hit_sphere if part.kind == "sphere" else _hit_box)(o, d, part)

@@ -125,7 +125,8 @@ def test_a_node_dying_mid_run_requeues_the_job_and_it_resumes_bit_for_bit(refere
         # once what was left of the job on n1 is gone: the requeued job waits for two nodes meanwhile.
         assert wait_until(lambda: node_state("n2", slurm_env).startswith("down"), 180), node_state("n2", slurm_env)
         assert wait_until(lambda: not any(job_node(p) and job_node(p)[0] == job for p in psutil.process_iter()), 180)
-        assert job_state(job, slurm_env) == "PENDING"
+        # Requeued: NODE_FAIL, then COMPLETING while slurmctld cleans up on n1, then PENDING for two nodes.
+        assert wait_until(lambda: job_state(job, slurm_env) == "PENDING", 120), job_state(job, slurm_env)
         # n2 stays down a while, as a failed node does: one back within a second of being set down lets the
         # requeued job start while slurmctld still holds its old step there (srun then waits: nodes busy).
         time.sleep(NODE_DOWN_S)
