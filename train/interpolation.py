@@ -17,7 +17,6 @@ import dataclasses
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -26,6 +25,7 @@ from data.transforms import resize_and_crop
 from models.latent_diffusion import LatentDiffusion
 from train.conditioning import fps_to_fps_id
 from train.config import GenerationSettings
+from train.evaluation.video_files import read_video as read_video_file
 from train.media import read_image, write_gif, write_mp4
 from train.sampling import sample_video
 from train.task_interpolation import INTERPOLATION_TASK
@@ -79,22 +79,13 @@ def read_image_pair(first: PathLike, last: PathLike, *, size: tuple[int, int]) -
 
 def read_video(path: PathLike, *, size: tuple[int, int]) -> tuple[torch.Tensor, float]:
     """Every frame of a video file -> (uint8 (N, 3, H, W) resized and centre-cropped to ``size``, frame rate)."""
-    import av
-
     if not Path(path).is_file():
         raise ValueError(f"no video file at {path}; pass an mp4 (or any file PyAV reads)")
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    except (av.FFmpegError, IndexError) as exc:
-        raise ValueError(f"cannot read the video {path}: {exc}") from exc
-    if len(frames) < 2:
-        raise ValueError(f"{path} has {len(frames)} frame(s); interpolation needs at least 2")
+    pixels, fps = read_video_file(path)  # evaluation's reader: PyAV, GIFs too
+    if len(pixels) < 2:
+        raise ValueError(f"{path} has {len(pixels)} frame(s); interpolation needs at least 2")
     if not fps > 0:
         raise ValueError(f"{path} has no frame rate in its header; re-mux it with one (ffmpeg -r)")
-    pixels = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
     return resize_and_crop(pixels, size=size, crop="center"), fps
 
 
